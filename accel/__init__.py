@@ -1,0 +1,42 @@
+"""accel: drop-in torch modules for TorchRec's `torchrec.modules`, hot paths on Numba kernels.
+
+Every public class is importable from the package root (`from accel import CrossNet`);
+the import happens on first use so that `import accel` does not compile anything.
+"""
+
+from importlib import import_module
+from typing import Any, Dict
+
+_EXPORTS: Dict[str, str] = {
+    # sparse
+    "JaggedTensor": "accel.sparse",
+    "KeyedJaggedTensor": "accel.sparse",
+    "KeyedTensor": "accel.sparse",
+    # activation
+    "SwishLayerNorm": "accel.modules.activation",
+    # crossnet
+    "CrossNet": "accel.modules.crossnet",
+    "LowRankCrossNet": "accel.modules.crossnet",
+    "VectorCrossNet": "accel.modules.crossnet",
+    "LowRankMixtureCrossNet": "accel.modules.crossnet",
+    # deepfm
+    "DeepFM": "accel.modules.deepfm",
+    "FactorizationMachine": "accel.modules.deepfm",
+    # mlp
+    "Perceptron": "accel.modules.mlp",
+    "MLP": "accel.modules.mlp",
+    # lazy_extension
+    "LazyModuleExtensionMixin": "accel.modules.lazy_extension",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'accel' has no attribute '{name}'")
+
+
+def __dir__() -> list:
+    return __all__

@@ -1,0 +1,1 @@
+"""Drop-in torch modules, one file per `torchrec.modules` file."""

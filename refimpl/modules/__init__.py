@@ -1,0 +1,1 @@
+"""One file per `torchrec.modules` file, each exposing the page's classes and functions."""

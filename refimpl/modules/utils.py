@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence, Tuple, Union
 import numpy as np
 
 from refimpl.base import Module
+from refimpl.nn import Linear
 
 
 def _fans(shape: Tuple[int, ...]) -> Tuple[int, int]:
@@ -47,3 +48,61 @@ def xavier_uniform(
     fan_in, fan_out = _fans(shape)
     bound = math.sqrt(6.0 / (fan_in + fan_out)) if fan_in + fan_out > 0 else 0.0
     return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+def extract_module_or_tensor_callable(
+    module_or_callable: Union[Callable[[], Module], Module, Callable[[np.ndarray], np.ndarray]],
+) -> Union[Module, Callable[[np.ndarray], np.ndarray]]:
+    """module_or_callable() if that returns a Module, else module_or_callable itself when it needs an input
+    Shapes: none.
+    Source: semantics.md section 10 (TorchRec's rule: call with no arguments; a TypeError about a
+    missing required positional argument means the callable takes a tensor and is kept)."""
+    try:
+        result = module_or_callable()
+    except TypeError as error:
+        if "required positional argument" in str(error):
+            return module_or_callable
+        raise
+    if not isinstance(result, Module):
+        raise ValueError(
+            "module_or_callable: expected a callable that takes no input and returns a refimpl Module, "
+            f"got one returning {type(result).__name__}"
+        )
+    return result
+
+
+def get_module_output_dimension(
+    module: Union[Callable[[np.ndarray], np.ndarray], Module], in_features: int
+) -> int:
+    """out = module(zeros(1, in_features)).shape[-1]
+    Shapes: probe (1, in_features) in the module's dtype (float64 for a plain callable) -> int.
+    Source: semantics.md section 10."""
+    dtype = module.dtype if isinstance(module, Module) else np.float64
+    return int(np.asarray(module(np.zeros((1, in_features), dtype=dtype))).shape[-1])
+
+
+def check_module_output_dimension(
+    module: Union[Sequence[Module], Module], in_features: int, out_features: int
+) -> bool:
+    """all(get_module_output_dimension(m, in_features) == out_features for m in module), lists recursing
+    Shapes: none.
+    Source: semantics.md section 10."""
+    if isinstance(module, (list, tuple)):
+        return all(check_module_output_dimension(m, in_features, out_features) for m in module)
+    return get_module_output_dimension(module, in_features) == out_features
+
+
+def init_mlp_weights_xavier_uniform(m: Module, rng: np.random.Generator) -> None:
+    """W ~ U(-sqrt(6 / (fan_in + fan_out)), +sqrt(6 / (fan_in + fan_out))),  b = 0, for a Linear m
+    Shapes: W (out, in), b (out,); in place.
+    Source: semantics.md section 10. As TorchRec's, it acts on `m` alone and leaves any module that
+    is not a Linear unchanged; a Linear without bias is rejected, as TorchRec's raises there too."""
+    if not isinstance(m, Linear):
+        return
+    if not m.has_bias:
+        raise ValueError(
+            "init_mlp_weights_xavier_uniform: m expected a Linear with a bias, got one with bias=False"
+        )
+    weight = m.parameter("weight")
+    m.register_parameter("weight", xavier_uniform(weight.shape, rng, m.dtype))
+    m.register_parameter("bias", np.zeros_like(m.parameter("bias")))

@@ -341,7 +341,10 @@ class _CrossNetBase(Module):
                 grads[key] = grads[key] + grad if key in grads else grad
         # x_0 is also the first layer's x_l, so the chain's gradient lands on the input too.
         grad_input = grad_x_0 + grad_x_l
-        return grad_input, {key: grads[key] for key in self.state_dict()}
+        # A parameter no layer reads (the gates when num_layers = 0) has a zero gradient.
+        state = self.state_dict()
+        grad_params = {k: grads[k] if k in grads else np.zeros_like(v) for k, v in state.items()}
+        return grad_input, grad_params
 
 
 class CrossNet(_CrossNetBase):

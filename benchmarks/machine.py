@@ -1,0 +1,49 @@
+"""The machine a sweep ran on: CPU model, cores, load, library versions, threads, GPU."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Dict, Optional
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _installed_version(distribution: str) -> Optional[str]:
+    # From the metadata, not by importing: importing TorchRec loads FBGEMM, which takes seconds.
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def describe() -> Dict[str, object]:
+    import numba
+    import numpy
+    import torch
+
+    info: Dict[str, object] = {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "torchrec": _installed_version("torchrec"),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info

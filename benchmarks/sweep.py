@@ -1,0 +1,136 @@
+"""Run every case on every provider and collect one row per (case, provider).
+
+Per case: the first provider (the anchor) is built under `torch.manual_seed(0)`; its parameters
+are loaded into every other provider, so they all compute the same function on the same seeded
+float32 inputs, and each row records how far its forward lies from the anchor's
+(max |y - y_anchor| / max |y_anchor|) next to its times.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from benchmarks.cases import Case
+from benchmarks.providers import Prepared, Unavailable
+from benchmarks.timing import TimingPlan, median_time
+
+
+@dataclass
+class Row:
+    case: str
+    provider: str
+    role: str  # "anchor", "accel", "refimpl" or "gemm"
+    device: str
+    status: str  # "ok", "n/a" (provider cannot run it here) or "error"
+    note: str = ""
+    unit: str = ""
+    fwd_ms: Optional[float] = None
+    fwd_bwd_ms: Optional[float] = None
+    reps: Optional[int] = None  # timed calls behind the fwd+bwd median (fwd has at least as many)
+    fwd_rate: Optional[float] = None  # GFLOP/s or GB/s from the case's work model
+    fwd_bwd_rate: Optional[float] = None
+    speedup_fwd: Optional[float] = None  # same-device anchor time / this time
+    speedup_fwd_bwd: Optional[float] = None
+    rel_err: Optional[float] = None
+
+    def as_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def case_inputs(case: Case, seed: int = 0) -> List[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for shape in case.input_shapes]
+
+
+def _rel_err(out: Optional[np.ndarray], ref: Optional[np.ndarray]) -> Optional[float]:
+    if out is None or ref is None:
+        return None
+    if out.shape != ref.shape:
+        return float("inf")
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    return float(np.max(np.abs(out - ref))) / (scale or 1.0) if ref.size else 0.0
+
+
+def _measure(
+    provider, case: Case, prepared: Prepared, plan: TimingPlan, ref: Optional[np.ndarray]
+) -> Row:
+    fwd = median_time(prepared.forward, plan, prepared.sync)
+    fwd_bwd = median_time(
+        prepared.forward_backward, plan, prepared.sync, setup=prepared.before_backward
+    )
+    work = case.work
+    return Row(
+        case.name, provider.name, provider.role, provider.device, "ok", unit=work.unit,
+        fwd_ms=fwd.median_ms, fwd_bwd_ms=fwd_bwd.median_ms, reps=fwd_bwd.reps,
+        fwd_rate=work.fwd / fwd.median_ms / 1e6,
+        fwd_bwd_rate=work.fwd_bwd / fwd_bwd.median_ms / 1e6,
+        rel_err=_rel_err(prepared.output(), ref),
+    )
+
+
+def run_case(
+    case: Case, providers: Sequence, plan: TimingPlan, log: Callable[[str], None] = print
+) -> List[Row]:
+    """`providers[0]` must be the anchor of the first device; an anchor of each further device
+    comes before that device's other providers."""
+    inputs = case_inputs(case)
+    state = None
+    ref = None
+    rows: List[Row] = []
+    for provider in providers:
+        log(f"  {case.name:24s} {provider.name}")
+        try:
+            prepared = provider.prepare(case, state, inputs)
+            if state is None:
+                state, ref = prepared.state, prepared.output()
+            rows.append(_measure(provider, case, prepared, plan, ref))
+        except Unavailable as exc:
+            rows.append(Row(case.name, provider.name, provider.role, provider.device, "n/a", str(exc)))
+        except Exception as exc:  # one broken provider must not lose the rest of the sweep
+            note = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            rows.append(Row(case.name, provider.name, provider.role, provider.device, "error", note))
+        finally:
+            prepared = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    _fill_speedups(rows)
+    return rows
+
+
+def _fill_speedups(rows: List[Row]) -> None:
+    anchors = {r.device: r for r in rows if r.role == "anchor" and r.status == "ok"}
+    for row in rows:
+        anchor = anchors.get(row.device)
+        if anchor is None or row.status != "ok":
+            continue
+        row.speedup_fwd = anchor.fwd_ms / row.fwd_ms
+        row.speedup_fwd_bwd = anchor.fwd_bwd_ms / row.fwd_bwd_ms
+
+
+def evaluate_targets(cases: Sequence[Case], rows: Sequence[Row]) -> List[Dict[str, object]]:
+    """One verdict per (case, device with an accel row): the case's target on fwd+bwd times."""
+    verdicts = []
+    for case in cases:
+        mine = [r for r in rows if r.case == case.name and r.status == "ok"]
+        for accel in (r for r in mine if r.role == "accel"):
+            against = [r for r in mine if r.device == accel.device and r.role == case.target.against]
+            if not against:
+                continue
+            base = against[0]
+            if case.target.against == "gemm":
+                value = accel.fwd_bwd_ms / base.fwd_bwd_ms
+                met = value <= case.target.factor
+            else:
+                value = base.fwd_bwd_ms / accel.fwd_bwd_ms
+                met = value >= case.target.factor
+            verdicts.append(
+                dict(case=case.name, device=accel.device, target=case.target.text,
+                     against=base.provider, value=value, met=met)
+            )
+    return verdicts

@@ -69,7 +69,8 @@ class Linear(Module):
         shape = (self.out_features, self.in_features)
         self.register_parameter("weight", rng.uniform(-bound, bound, shape).astype(self.dtype))
         if bias:
-            self.register_parameter("bias", rng.uniform(-bound, bound, self.out_features).astype(self.dtype))
+            b = rng.uniform(-bound, bound, self.out_features)
+            self.register_parameter("bias", b.astype(self.dtype))
         self._x: Optional[np.ndarray] = None
 
     @property

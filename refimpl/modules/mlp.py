@@ -13,7 +13,9 @@ from refimpl.nn import Linear, check_size, linear, linear_backward
 
 ACTIVATION_STRINGS = ("relu", "sigmoid", "swish_layernorm")
 
-Activation = Union[str, ElementwiseActivation, Module, Callable[[], Module], Callable[[np.ndarray], np.ndarray]]
+Activation = Union[
+    str, ElementwiseActivation, Module, Callable[[], Module], Callable[[np.ndarray], np.ndarray]
+]
 
 
 def perceptron(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray], g: Callable) -> np.ndarray:
@@ -33,7 +35,7 @@ def perceptron_backward(
 
 
 def resolve_activation(activation: Activation, out_size: int, dtype: Any) -> Any:
-    """The activation one layer of `out_size` outputs applies: an ElementwiseActivation, a Module or a callable.
+    """The activation of one layer with `out_size` outputs: an ElementwiseActivation, Module or callable.
 
     Strings name a fresh activation ("swish_layernorm" builds SwishLayerNorm(out_size) in `dtype`);
     a Module instance is used as is (so it is shared when several layers receive it); a
@@ -140,7 +142,9 @@ def mlp(x: np.ndarray, layers: Sequence[Callable[[np.ndarray], np.ndarray]]) -> 
     return x
 
 
-def mlp_backward(grad_y: np.ndarray, layers: Sequence[Module]) -> Tuple[np.ndarray, List[Dict[str, np.ndarray]]]:
+def mlp_backward(
+    grad_y: np.ndarray, layers: Sequence[Module]
+) -> Tuple[np.ndarray, List[Dict[str, np.ndarray]]]:
     """dL/dx = J_0^T (... J_{L-1}^T dL/dy), each J_i^T applied by layer i's backward, last layer first
     Shapes: grad_y (*, layer_sizes[-1]) -> ((*, in_size), one parameter-gradient dict per layer)."""
     grads: List[Dict[str, np.ndarray]] = [{} for _ in layers]
@@ -150,7 +154,7 @@ def mlp_backward(grad_y: np.ndarray, layers: Sequence[Module]) -> Tuple[np.ndarr
 
 
 class MLP(Module):
-    """A stack of Perceptrons (see `mlp`); layer i maps layer_sizes[i-1] (in_size for i = 0) to layer_sizes[i].
+    """y = f_{L-1}(... f_0(x)), f_i a Perceptron from layer_sizes[i-1] (in_size for i = 0) to layer_sizes[i].
 
     state_dict: `_mlp.{i}._linear.weight`, `_mlp.{i}._linear.bias` and `_mlp.{i}._activation_fn.*`
     for module activations. "swish_layernorm" builds one SwishLayerNorm(layer_sizes[i]) per layer
@@ -177,7 +181,8 @@ class MLP(Module):
         # Checked here too so that layer_sizes=[] rejects what a layer would.
         if isinstance(activation, str) and activation not in ACTIVATION_STRINGS:
             raise ValueError(
-                f"MLP: activation expected one of {list(ACTIVATION_STRINGS)} when a string, got {activation!r}"
+                f"MLP: activation expected one of {list(ACTIVATION_STRINGS)} when a string, "
+                f"got {activation!r}"
             )
         if not isinstance(activation, str) and not callable(activation):
             raise TypeError(f"MLP: activation expected a string or a callable, got {activation!r}")

@@ -243,12 +243,9 @@ def _check_inputs(x: Tensor, weight: Tensor, bias: Tensor) -> None:
     _device.check_same_device("bias", bias, "x", x)
     _device.check_same_dtype("bias", bias, "weight", weight)
     # Same rule as torch's LayerNorm: parameters in x's dtype, or float32 parameters for half inputs.
-    if weight.dtype != x.dtype and not (weight.dtype == torch.float32 and _device.kernel_dtype(x.dtype) != x.dtype):
-        raise TypeError(
-            f"weight must have x's dtype {x.dtype}"
-            + (" (or float32)" if _device.kernel_dtype(x.dtype) != x.dtype else "")
-            + f", got {weight.dtype}"
-        )
+    upcast = _device.kernel_dtype(x.dtype) != x.dtype
+    if weight.dtype != x.dtype and not (upcast and weight.dtype == torch.float32):
+        raise TypeError(f"weight must have x's dtype {x.dtype}{' (or float32)' if upcast else ''}, got {weight.dtype}")
 
 
 def _check_eps(eps: object) -> None:
@@ -276,8 +273,8 @@ def _check_backward(grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean:
     _check_stats("rstd", rstd, rows, x)
 
 
-def _as_rows(t: Tensor, features: int, dtype: torch.dtype) -> Tensor:
-    return t.detach().to(dtype).contiguous().view(-1, features)
+def _flat(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.detach().to(dtype).contiguous().view(-1)
 
 
 def swish_layernorm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -290,10 +287,8 @@ def swish_layernorm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float)
     _check_eps(eps)
     _device.check_launchable("x", x)
     dtype = _device.kernel_dtype(x.dtype)
-    features = weight.numel()
-    rows_x = _as_rows(x, features, dtype)
-    gamma = weight.detach().to(dtype).contiguous().view(-1)
-    beta = bias.detach().to(dtype).contiguous().view(-1)
+    rows_x = _flat(x, dtype).view(-1, weight.numel())
+    gamma, beta = _flat(weight, dtype), _flat(bias, dtype)
     rows = rows_x.shape[0]
     y = torch.empty_like(rows_x)
     mean = torch.empty((rows,), dtype=dtype, device=x.device)
@@ -301,9 +296,8 @@ def swish_layernorm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float)
     if rows > 0:
         if _device.is_cuda(x):
             with _device.cuda_launch(x.device) as stream:
-                arrays = [_device.as_numba_array(t) for t in (rows_x, gamma, beta)]
-                outputs = [_device.as_numba_array(t) for t in (y, mean, rstd)]
-                _launch_cuda_forward(*arrays, float(eps), *outputs, stream=stream)
+                x_a, g_a, b_a, y_a, mu_a, rs_a = map(_device.as_numba_array, (rows_x, gamma, beta, y, mean, rstd))
+                _launch_cuda_forward(x_a, g_a, b_a, float(eps), y_a, mu_a, rs_a, stream=stream)
         else:
             _swish_ln_forward_cpu(rows_x.numpy(), gamma.numpy(), beta.numpy(), float(eps), y.numpy(), mean.numpy(),
                                   rstd.numpy())
@@ -322,12 +316,8 @@ def swish_layernorm_backward(
     _device.check_launchable("x", x)
     dtype = _device.kernel_dtype(x.dtype)
     features = weight.numel()
-    rows_x = _as_rows(x, features, dtype)
-    rows_g = _as_rows(grad, features, dtype)
-    gamma = weight.detach().to(dtype).contiguous().view(-1)
-    beta = bias.detach().to(dtype).contiguous().view(-1)
-    mu = mean.detach().to(dtype).contiguous()
-    rs = rstd.detach().to(dtype).contiguous()
+    rows_x, rows_g = (_flat(t, dtype).view(-1, features) for t in (x, grad))
+    gamma, beta, mu, rs = (_flat(t, dtype) for t in (weight, bias, mean, rstd))
     rows = rows_x.shape[0]
     dx = torch.empty_like(rows_x)
     if _device.is_cuda(x):

@@ -148,7 +148,8 @@ class LowRankMixtureCrossNet(nn.Module):
     (K r, N); C is one bmm; the gate logits are one GEMM against the gate weights stacked as (K, N).
     Since the softmax weights sum to one, sum_i p_i x_0 * (u_i + b) = x_0 * (sum_i p_i u_i + b),
     and sum_i p_i U_i h_i is one GEMM of the p-scaled activations (B, K r) against U stacked
-    as (N, K r); so the mixture costs no per-expert pass.
+    as (N, K r); so the mixture costs no per-expert pass. `activation` must be elementwise
+    (it is applied to all experts' activations at once, laid out as (K r, B)).
     """
 
     def __init__(

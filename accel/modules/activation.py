@@ -11,6 +11,9 @@ from accel.kernels.swish_layernorm import swish_layernorm
 from accel.modules._init import DeviceLike, check_dtype
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 class SwishLayerNorm(nn.Module):
     """Y = X * sigmoid(LayerNorm(X)), LayerNorm over the trailing `input_dims` (biased variance, eps 1e-5).
 
@@ -43,5 +46,8 @@ class SwishLayerNorm(nn.Module):
             raise ValueError(
                 f"input must end in the normalized dimensions input_dims={list(shape)}, got shape {tuple(input.shape)}"
             )
-        check_dtype(input, layer_norm.weight)
+        # TorchRec accepts half-precision input with float32 parameters (torch's LayerNorm rule) and
+        # returns the input's dtype; the kernel computes such rows in float32.
+        if not (input.dtype in _HALF and layer_norm.weight.dtype == torch.float32):
+            check_dtype(input, layer_norm.weight)
         return swish_layernorm(input, layer_norm.weight, layer_norm.bias, eps=layer_norm.eps)

@@ -114,3 +114,18 @@ def test_non_tensor_input_rejected():
 def test_invalid_input_dims(dims):
     with pytest.raises(ValueError, match="input_dims must be a positive int or a non-empty list"):
         SwishLayerNorm(dims)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_input_with_float32_parameters_keeps_its_dtype(half):
+    # TorchRec accepts half-precision input to its float32 module (torch's LayerNorm rule).
+    x = torch.linspace(-3, 3, 24).reshape(4, 6).to(half)
+    m = SwishLayerNorm(6)
+    y = m(x)
+    assert y.dtype == half
+    x64 = x.double()
+    xhat = (x64 - x64.mean(-1, keepdim=True)) / torch.sqrt(x64.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    expected = x64 * torch.sigmoid(xhat)
+    # One rounding of the output to the half format: 2^-8 relative for bfloat16, 2^-11 for float16.
+    tol = 2.0**-7 if half == torch.bfloat16 else 2.0**-10
+    assert torch.allclose(y.double(), expected, rtol=tol, atol=tol)

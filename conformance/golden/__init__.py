@@ -1,0 +1,1 @@
+"""Committed golden vectors (`*.npz` + `manifest.json`), their reader/writer and their generator."""

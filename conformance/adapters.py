@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -31,7 +32,10 @@ PACKAGES = ("refimpl", "accel", "torchrec")
 def torchrec_missing() -> Optional[str]:
     """None when TorchRec imports, else why not (for a clear message)."""
     try:
-        importlib.import_module("torchrec")
+        with warnings.catch_warnings():
+            # FBGEMM announces its own module renames on import; they are not ours to report.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            importlib.import_module("torchrec")
     except Exception as exc:  # ImportError, or a broken FBGEMM binary raising OSError
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -91,12 +91,12 @@ def repro_command(record: Record, ctx: Context) -> str:
 def skip_reason(record: Record, ctx: Context) -> Optional[str]:
     """Why `record` does not run in `ctx`, or None."""
     if ctx.against == "torchrec" and "accel" in record.sides:
-        if "float32" not in record.dtypes:
-            return ("TorchRec's modules are float32-only (its cross nets reject float64 input, "
-                    "semantics.md 3); float64 comparisons run against accel")
         if record.kind == "error":
             return ("recspec's input validation is its own: TorchRec raises RuntimeError or "
                     "AssertionError for these inputs (see the discrepancy ledger)")
+        if "float32" not in record.dtypes:
+            return ("TorchRec's modules are float32-only (its cross nets reject float64 input, "
+                    "semantics.md 3); float64 comparisons run against accel")
     return None
 
 
@@ -194,6 +194,13 @@ def format_table(rows: Sequence[Row]) -> str:
         out.append("")
         out.append(f"FAIL {r.module}/{r.property} [{r.device}]: {r.detail}")
         out.append(f"  repro: {r.repro}")
+    reasons: Dict[str, int] = {}
+    for r in rows:
+        if r.status == SKIP:
+            reasons[r.detail] = reasons.get(r.detail, 0) + 1
+    if reasons:
+        out.append("")
+        out += [f"SKIP x{n}: {reason}" for reason, n in reasons.items()]
     counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, SKIP)}
     out.append("")
     out.append(f"{len(rows)} properties: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped")

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import numpy as np
 
 from conformance import adapters, conditioning, generators, tolerances
-from conformance.compare import Errors, Worst, normwise, ulps
+from conformance.compare import Errors, Worst, ulps
 from conformance.records import Build, ErrorCase, Record
 from conformance.runner import FAIL, PASS, Context, Outcome
 from conformance.tolerances import Tolerance

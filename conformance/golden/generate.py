@@ -12,7 +12,9 @@ with seed = BASE_SEED + i:
     grad_output N(0, 1) of the output's shape from default_rng([seed, 2])
 and the output and gradients of L = sum(output * grad_output) from refimpl's forward and
 analytic backward. The manifest records the schema version, this script, the seeds, NumPy's
-version and, per file, the module, its constructor arguments, the array shapes and the sha256.
+version and, per file, the module, its constructor arguments (JSON: nested modules as
+{"module", "args", "kwargs"}, elementwise activations as {"activation": name}), the reduction
+length n that the float64 tolerances scale with, the array shapes and the sha256.
 Regenerating with the same NumPy and BLAS gives the same bytes.
 """
 

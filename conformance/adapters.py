@@ -79,7 +79,7 @@ def _resolve(value: Any, package: str, seed: int, dtype: Any) -> Any:
     if isinstance(value, Act):
         return activation(package, value.name)
     if isinstance(value, Build):
-        return construct(value, package, seed=seed, dtype=dtype, _seeded=True)
+        return construct(value, package, seed=seed, dtype=dtype, reseed=False)
     if isinstance(value, tuple):
         return [_resolve(v, package, seed, dtype) for v in value]
     return value
@@ -94,13 +94,14 @@ def _accepts(cls: Any, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def construct(build: Build, package: str, *, seed: int = 0, dtype: Any = np.float64, _seeded: bool = False) -> Any:
+def construct(build: Build, package: str, *, seed: int = 0, dtype: Any = np.float64, reseed: bool = True) -> Any:
     """`build` constructed in `package`: refimpl with `dtype=` and `rng=default_rng(seed)`;
-    accel/TorchRec under `torch.manual_seed(seed)` in float32 (the caller casts)."""
+    accel/TorchRec under `torch.manual_seed(seed)` in float32 (the caller casts). With
+    reseed=False a torch module draws from the current stream instead (a nested module, or a
+    caller that seeded and drew inputs first, as TorchRec's own tests do)."""
     cls = module_class(package, build.module)
     if package == "refimpl":
-        args = [_resolve(a, package, seed, dtype) for a in build.args]
-        kwargs = {k: _resolve(v, package, seed, dtype) for k, v in build.kwargs}
+        args, kwargs = _arguments(build, package, seed, dtype)
         # Only arguments the class takes: refimpl.nn.Linear and DeepFM may not draw or cast.
         if _accepts(cls, "dtype"):
             kwargs.setdefault("dtype", dtype)
@@ -109,13 +110,19 @@ def construct(build: Build, package: str, *, seed: int = 0, dtype: Any = np.floa
         return cls(*args, **kwargs)
     import torch
 
-    if _seeded:  # a nested module draws from the outer construction's stream, as user code does
-        args = [_resolve(a, package, seed, dtype) for a in build.args]
-        return cls(*args, **{k: _resolve(v, package, seed, dtype) for k, v in build.kwargs})
+    if not reseed:
+        args, kwargs = _arguments(build, package, seed, dtype)
+        return cls(*args, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        args = [_resolve(a, package, seed, dtype) for a in build.args]
-        return cls(*args, **{k: _resolve(v, package, seed, dtype) for k, v in build.kwargs})
+        # Arguments first: a nested module (DeepFM's dense_module) draws before its parent.
+        args, kwargs = _arguments(build, package, seed, dtype)
+        return cls(*args, **kwargs)
+
+
+def _arguments(build: Build, package: str, seed: int, dtype: Any) -> Tuple[List[Any], Dict[str, Any]]:
+    return ([_resolve(a, package, seed, dtype) for a in build.args],
+            {k: _resolve(v, package, seed, dtype) for k, v in build.kwargs})
 
 
 # --- state -----------------------------------------------------------------------------------

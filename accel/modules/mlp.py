@@ -35,8 +35,9 @@ class Perceptron(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self._in_size = check_count("in_size", in_size, 1)
-        self._out_size = check_count("out_size", out_size, 1)
+        # Zero sizes are valid, as for nn.Linear and TorchRec: the output is then (*, 0) or act(bias).
+        self._in_size = check_count("in_size", in_size, 0)
+        self._out_size = check_count("out_size", out_size, 0)
         if not callable(activation):
             raise TypeError(
                 f"activation must be an nn.Module or a callable Tensor -> Tensor, got {type(activation).__name__}"
@@ -76,9 +77,9 @@ class MLP(nn.Module):
         activation_on_last: bool = True,
     ) -> None:
         super().__init__()
-        check_count("in_size", in_size, 1)
+        check_count("in_size", in_size, 0)
         for i, size in enumerate(layer_sizes):
-            check_count(f"layer_sizes[{i}]", size, 1)
+            check_count(f"layer_sizes[{i}]", size, 0)
         swish = False
         if isinstance(activation, str):
             if activation not in _STRING_ACTIVATIONS:

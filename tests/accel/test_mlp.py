@@ -77,8 +77,8 @@ def test_perceptron_bad_input():
         Perceptron(3, 2)(torch.zeros(2, 4))
     with pytest.raises(TypeError, match=r"input has dtype torch.float64, expected torch.float32"):
         Perceptron(3, 2)(torch.zeros(2, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="out_size must be >= 1, got 0"):
-        Perceptron(3, 0)
+    with pytest.raises(ValueError, match="out_size must be >= 0, got -1"):
+        Perceptron(3, -1)
     with pytest.raises(TypeError, match="activation must be an nn.Module or a callable"):
         Perceptron(3, 2, activation=3)
 
@@ -202,10 +202,19 @@ def test_unknown_string_activation_raises_at_construction():
 
 
 def test_invalid_sizes():
-    with pytest.raises(ValueError, match=r"layer_sizes\[1\] must be >= 1, got 0"):
-        MLP(4, [3, 0])
-    with pytest.raises(ValueError, match="in_size must be >= 1, got 0"):
-        MLP(0, [3])
+    with pytest.raises(ValueError, match=r"layer_sizes\[1\] must be >= 0, got -1"):
+        MLP(4, [3, -1])
+    with pytest.raises(ValueError, match="in_size must be >= 0, got -2"):
+        MLP(-2, [3])
+
+
+def test_zero_sizes_behave_like_nn_linear():
+    # TorchRec builds nn.Linear layers, which accept zero features: no output columns, or act(bias).
+    torch.manual_seed(0)
+    assert Perceptron(3, 0)(torch.ones(2, 3)).shape == (2, 0)
+    m = MLP(0, [3], activation="sigmoid")
+    y = m(torch.zeros(2, 0))
+    assert torch.equal(y, torch.sigmoid(m.state_dict()["_mlp.0._linear.bias"]).expand(2, 3))
 
 
 def test_mlp_input_dtype_mismatch():

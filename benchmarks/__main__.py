@@ -71,6 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         budget_s_per_measurement=plan.budget_s,
         forward="under torch.no_grad()",
         forward_backward="out.sum().backward(), inputs and parameters require grad",
+        load_column="1-minute load average after the row; the sweep itself adds up to torch_threads",
     )
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     started = time.time()

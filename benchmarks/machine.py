@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 from typing import Dict, Optional
 
 
@@ -27,6 +28,22 @@ def _installed_version(distribution: str) -> Optional[str]:
         return None
 
 
+def source_revision() -> Optional[str]:
+    """The recspec commit measured: `git describe` of this checkout (with "-dirty" when it has
+    uncommitted changes), else $RECSPEC_COMMIT (for a copy of the tree without .git)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "-C", root, "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        out = None
+    if out is not None and out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    return os.environ.get("RECSPEC_COMMIT")
+
+
 def describe() -> Dict[str, object]:
     import numba
     import numpy
@@ -45,5 +62,6 @@ def describe() -> Dict[str, object]:
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "torchrec": _installed_version("torchrec"),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "recspec": source_revision(),
     }
     return info

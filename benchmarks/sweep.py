@@ -9,6 +9,7 @@ float32 inputs, and each row records how far its forward lies from the anchor's
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -37,6 +38,7 @@ class Row:
     speedup_fwd: Optional[float] = None  # same-device anchor time / this time
     speedup_fwd_bwd: Optional[float] = None
     rel_err: Optional[float] = None
+    load_1min: Optional[float] = None  # the machine's load average when the row was measured
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -69,7 +71,7 @@ def _measure(
         fwd_ms=fwd.median_ms, fwd_bwd_ms=fwd_bwd.median_ms, reps=fwd_bwd.reps,
         fwd_rate=work.fwd / fwd.median_ms / 1e6,
         fwd_bwd_rate=work.fwd_bwd / fwd_bwd.median_ms / 1e6,
-        rel_err=_rel_err(prepared.output(), ref),
+        rel_err=_rel_err(prepared.output(), ref), load_1min=os.getloadavg()[0],
     )
 
 

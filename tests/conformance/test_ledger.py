@@ -90,3 +90,20 @@ def test_a_resolved_discrepancy_that_reproduces_again_fails():
 def test_a_discrepancy_missing_from_the_ledger_fails():
     row = run_record(_discrepancy_record(PASS), Context(ledger={}))
     assert row.status == FAIL and "does not list" in row.detail
+
+
+def test_the_discrepancy_page_shows_the_current_ledger():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "discrepancies.md").read_text(encoding="utf-8")
+    assert ledger.render_into(page, ledger.load()) == page, "run: python -m conformance.ledger docs/discrepancies.md"
+
+
+def test_rendering_replaces_only_the_marked_block():
+    entries = ledger.parse({"schema_version": ledger.SCHEMA_VERSION, "entries": [ENTRY]})
+    page = f"intro\n{ledger.BEGIN_MARK}\nstale | table\n{ledger.END_MARK}\noutro\n"
+    out = ledger.render_into(page, entries)
+    assert out.startswith("intro\n") and out.endswith(f"{ledger.END_MARK}\noutro\n")
+    assert "stale" not in out and "| D3 | VectorCrossNet formula |" in out
+    with pytest.raises(ValueError, match="no ledger block"):
+        ledger.render_into("no markers here", entries)

@@ -10,7 +10,7 @@ both packages raise the same message for the same input.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch

@@ -247,8 +247,6 @@ def torch_gradients(
 ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """The torch module's output and autograd gradients of sum(output * grad_output), named as
     in `ref_gradients`; a parameter autograd leaves untouched has gradient zero."""
-    import torch
-
     module.zero_grad(set_to_none=True)
     xt = to_torch(x, dtype, device, requires_grad=True)
     y = module(xt)

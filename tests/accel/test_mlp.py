@@ -208,6 +208,7 @@ def test_invalid_sizes():
         MLP(-2, [3])
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
 def test_zero_sizes_behave_like_nn_linear():
     # TorchRec builds nn.Linear layers, which accept zero features: no output columns, or act(bias).
     torch.manual_seed(0)

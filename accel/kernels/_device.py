@@ -1,4 +1,5 @@
-"""Launch plumbing shared by accel's kernel families: where a tensor lives, zero-copy views, the CUDA stream.
+"""Launch plumbing shared by accel's kernel families: where a tensor lives, zero-copy views, the CUDA stream,
+and the CPU numerics (compile options, a vectorisable exp, fixed-order row sums) the @njit kernels build on.
 
 Kernels run in float32 or float64; float16/bfloat16 inputs are upcast to float32 by the launchers and the
 results cast back (`kernel_dtype`). `numba.cuda` is imported on the first CUDA launch only (`cuda_module`),
@@ -8,11 +9,15 @@ so CPU users never pay for it.
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
 import numba
+import numpy as np
 import torch
+from numba import njit, types
+from numba.core.extending import overload
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Half-precision inputs run through the float32 kernel: Numba has no bfloat16 arithmetic on the CPU, and
@@ -89,11 +94,6 @@ def threads_per_row(row_length: int) -> int:
     return threads
 
 
-def cpu_row_chunks(rows: int) -> int:
-    """Chunks of rows for a CPU column reduction: one per Numba thread, each owning one partial row."""
-    return min(rows, numba.get_num_threads())
-
-
 def _block_sum(buf, value):
     # Tree reduction over the block; blockDim.x is a power of two and buf holds at least blockDim.x entries.
     tid = cuda.threadIdx.x
@@ -155,3 +155,155 @@ def check_launchable(name: str, t: torch.Tensor) -> None:
     """ValueError unless t is on a device with a kernel (cpu or cuda)."""
     if t.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name} must be on a cpu or cuda device, got {t.device}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CPU numerics
+# ---------------------------------------------------------------------------------------------------------
+
+# Options of every CPU kernel and helper. fastmath allows FMA contraction and ignores the sign of zero, but
+# never "reassoc": LLVM then keeps each sum in the order the code writes it, so results are bitwise the same
+# run to run and for any thread count (the row sums below get their vector width from a fixed lane order
+# instead). error_model="numpy" makes x / 0 give inf or nan instead of raising: the ZeroDivisionError
+# branch of the default model keeps LLVM from vectorising any loop that divides.
+CPU_FASTMATH = {"nsz": True, "arcp": True, "contract": True}
+CPU_ERROR_MODEL = "numpy"
+
+# Lanes of the fixed-order row sums: 256 partial sums (1 KiB of float32 scratch, in L1) give the vectoriser
+# long inner loops; rows shorter than that use the widest power of two that fits.
+CPU_SUM_LANES = 256
+# Below this many lanes the folded partial sums are added one by one.
+_LAST_LANES = 16
+
+
+def cpu_jit(**options):
+    """numba.njit with the CPU kernels' options (cache, CPU_FASTMATH, CPU_ERROR_MODEL) plus `options`."""
+    return njit(cache=True, fastmath=dict(CPU_FASTMATH), error_model=CPU_ERROR_MODEL, **options)
+
+
+def cpu_kernel_chunks(rows: int) -> int:
+    """Chunks of rows for a CPU kernel: one per Numba thread, so each chunk's scratch and partial row are
+    allocated and zeroed once per call, by the thread that uses them. Passed to the kernels as an argument:
+    numba.get_num_threads() inside a kernel would make it uncacheable."""
+    return min(rows, numba.get_num_threads())
+
+
+def exp_vec(x):
+    """e^x. Jitted code gets a branch-free float32 version LLVM can vectorise; float64 uses libm's exp."""
+    return math.exp(x)
+
+
+def _exp_float32(x):
+    # Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, with ln2 split in a part exact in float32 and a
+    # correction; e^r by the degree-7 minimax polynomial of Cephes' expf (within 1 ulp over the range).
+    f32 = np.float32
+    hi = f32(88.72283)  # ln(FLT_MAX): above it e^x is inf
+    lo = f32(-87.33654)  # ln(FLT_MIN): below it e^x (subnormal at most) is flushed to 0
+    # Written so that nan fails both comparisons and flows through to the polynomial (nan out).
+    t = hi if x > hi else x
+    t = lo if t < lo else t
+    n = np.floor(t * f32(1.4426950408889634) + f32(0.5))
+    r = t - n * f32(0.693359375) + n * f32(2.12194440e-4)
+    p = f32(1.9875691500e-4)
+    p = p * r + f32(1.3981999507e-3)
+    p = p * r + f32(8.3334519073e-3)
+    p = p * r + f32(4.1665795894e-2)
+    p = p * r + f32(1.6666665459e-1)
+    p = p * r + f32(5.0000001201e-1)
+    e = p * r * r + r + f32(1)
+    # 2^n as two factors built from exponent bits: n reaches 128 near hi, one past float32's largest exponent.
+    k = np.int32(n)
+    half = k >> 1
+    e = e * np.int32((half + 127) << 23).view(np.float32) * np.int32((k - half + 127) << 23).view(np.float32)
+    e = f32(np.inf) if x > hi else e
+    return f32(0) if x < lo else e
+
+
+@overload(exp_vec, jit_options={"fastmath": dict(CPU_FASTMATH), "error_model": CPU_ERROR_MODEL})
+def _exp_vec_jit(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return _exp_float32
+    if isinstance(x, types.Float):
+        return lambda x: math.exp(x)
+    return None
+
+
+@cpu_jit()
+def _lanes(n, capacity):
+    # Power-of-two lane count: capacity, halved while it exceeds n (never below _LAST_LANES).
+    w = capacity
+    while w > n and w > _LAST_LANES:
+        w //= 2
+    return w
+
+
+@cpu_jit()
+def _fold(acc, w, total):
+    # Pairwise halving of acc[:w] down to _LAST_LANES partial sums, which are then added in index order.
+    h = w // 2
+    while h >= _LAST_LANES:
+        upper = acc[h:2 * h]
+        for k in range(h):
+            acc[k] += upper[k]
+        h //= 2
+    for k in range(min(w, _LAST_LANES)):
+        total += acc[k]
+    return total
+
+
+@cpu_jit()
+def row_sum(a, acc):
+    """sum_j a_j in a fixed order: lane k of w adds a_k, a_{k+w}, a_{k+2w}, ... (then the n mod w tail
+    a_{qw+k}); the lanes are folded pairwise, k + w/2 into k, down to 16, which are added in order.
+
+    Shapes: a (n,), acc (>= 16,) scratch of a's dtype, w = _lanes(n, acc.size). Rows shorter than 16 are
+    added left to right. The order is fixed by n alone, so the result is reproducible bit for bit.
+    """
+    n = a.shape[0]
+    w = _lanes(n, acc.shape[0])
+    total = a.dtype.type(0)
+    if n < w:
+        for j in range(n):
+            total += a[j]
+        return total
+    # Slices rather than a[base + k]: a computed index may be negative as far as Numba knows, and the
+    # wrap-around select it adds turns the loads into gathers.
+    first = a[:w]
+    for k in range(w):
+        acc[k] = first[k]
+    blocks = n // w
+    for b in range(1, blocks):
+        block = a[b * w:(b + 1) * w]
+        for k in range(w):
+            acc[k] += block[k]
+    tail = a[blocks * w:]
+    for k in range(tail.shape[0]):
+        acc[k] += tail[k]
+    return _fold(acc, w, total)
+
+
+@cpu_jit()
+def row_dot(a, b, acc):
+    """sum_j a_j b_j in row_sum's fixed order (each term a_j b_j, fused into the add where the CPU has FMA).
+
+    Shapes: a, b (n,), acc (>= 16,) scratch of a's dtype.
+    """
+    n = a.shape[0]
+    w = _lanes(n, acc.shape[0])
+    total = a.dtype.type(0)
+    if n < w:
+        for j in range(n):
+            total += a[j] * b[j]
+        return total
+    first_a, first_b = a[:w], b[:w]
+    for k in range(w):
+        acc[k] = first_a[k] * first_b[k]
+    blocks = n // w
+    for i in range(1, blocks):
+        block_a, block_b = a[i * w:(i + 1) * w], b[i * w:(i + 1) * w]
+        for k in range(w):
+            acc[k] += block_a[k] * block_b[k]
+    tail_a, tail_b = a[blocks * w:], b[blocks * w:]
+    for k in range(tail_a.shape[0]):
+        acc[k] += tail_a[k] * tail_b[k]
+    return _fold(acc, w, total)

@@ -19,6 +19,7 @@ import math
 from types import SimpleNamespace
 from typing import Tuple
 
+import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
@@ -43,11 +44,20 @@ _MAX_PARTIAL_BLOCKS = 512
 
 @njit(cache=True)
 def _sigmoid(z, one):
-    """sigmoid(z) = 1 / (1 + e^-z), evaluated on the side where the exponential cannot overflow."""
+    """sigmoid(z) = 1 / (1 + e^-z), evaluated on the side where the exponential cannot overflow (CUDA)."""
     if z >= 0:
         return one / (one + math.exp(-z))
     e = math.exp(z)
     return e / (one + e)
+
+
+@_device.cpu_jit()
+def _sigmoid_cpu(z, one):
+    """sigmoid(z) = 1 / (1 + e^-z) without a branch, so that the CPU loops around it vectorise.
+
+    Safe for any z in IEEE arithmetic: e^-z overflows to inf for z << 0 and the quotient is 0.
+    """
+    return one / (one + _device.exp_vec(-z))
 
 
 @njit(cache=True)
@@ -63,11 +73,17 @@ def _swish_ln_value(v, mean, rstd, gamma, beta, one):
 
 
 @njit(cache=True)
+def _swish_ln_grads_at(g, v, s, one):
+    """(dz, g s) at s = sigmoid(xhat gamma + beta): dz = g x s (1 - s), and the direct term g s of dx."""
+    return g * v * s * (one - s), g * s
+
+
+@njit(cache=True)
 def _swish_ln_grads(g, v, mean, rstd, gamma, beta, one):
-    """(xhat, dz, g s): xhat = (x - mu) rstd, dz = g x s (1 - s), and the direct term g s of dx."""
+    """(xhat, dz, g s): xhat = (x - mu) rstd, then _swish_ln_grads_at."""
     xhat = (v - mean) * rstd
-    s = _sigmoid(xhat * gamma + beta, one)
-    return xhat, g * v * s * (one - s), g * s
+    dz, direct = _swish_ln_grads_at(g, v, _sigmoid(xhat * gamma + beta, one), one)
+    return xhat, dz, direct
 
 
 @njit(cache=True)
@@ -76,55 +92,72 @@ def _swish_ln_input_grad(direct, dxhat, xhat, rstd, mean_dxhat, mean_dxhat_xhat)
     return direct + rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _swish_ln_forward_cpu(x, gamma, beta, eps, y, mean, rstd):
-    # One row per prange iteration: three sweeps of the row (sum, squared deviations, output).
+# The CPU kernels share the formulas above except the sigmoid: the CUDA one calls the GPU's exp, the CPU one
+# a polynomial exp LLVM can vectorise (pip's llvmlite has no SVML, so math.exp stays one libm call per
+# element). Each kernel takes chunks of rows, one per thread, with per-thread scratch rows for what a later
+# sweep of the same row reuses; a row (2 KiB at D = 512 in float32) stays in L1 between sweeps, so x and g
+# are read from memory once. Row sums use _device.row_sum/row_dot: vectorised, in a fixed order.
+
+
+@_device.cpu_jit(parallel=True)
+def _swish_ln_forward_cpu(x, gamma, beta, eps, y, mean, rstd, chunks):
+    # Sweeps of row r: the sum, x - mu into `dev` and the sum of its squares, then the output from `dev`.
+    rows, features = x.shape
     one = x.dtype.type(1)
-    n = x.dtype.type(x.shape[1])
+    n = x.dtype.type(features)
     eps_t = x.dtype.type(eps)
-    for r in prange(x.shape[0]):
-        total = x.dtype.type(0)
-        for d in range(x.shape[1]):
-            total += x[r, d]
-        mu = total / n
-        sq_dev = x.dtype.type(0)
-        for d in range(x.shape[1]):
-            dev = x[r, d] - mu
-            sq_dev += dev * dev
-        rs = _rstd(sq_dev, n, eps_t, one)
-        for d in range(x.shape[1]):
-            y[r, d] = _swish_ln_value(x[r, d], mu, rs, gamma[d], beta[d], one)
-        mean[r] = mu
-        rstd[r] = rs
-
-
-@njit(parallel=True, cache=True, fastmath=False)
-def _swish_ln_backward_cpu(g, x, gamma, beta, mean, rstd, dx, dgamma_part, dbeta_part):
-    # One contiguous chunk of rows per prange iteration; chunk c alone adds into row c of the zeroed partial
-    # buffers, so threads never share a partial. The launcher sums the partials over chunks.
-    one = x.dtype.type(1)
-    n = x.dtype.type(x.shape[1])
-    rows = x.shape[0]
-    chunks = dgamma_part.shape[0]
     for c in prange(chunks):
+        dev = np.empty(features, x.dtype)
+        acc = np.empty(_device.CPU_SUM_LANES, x.dtype)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            row, out = x[r], y[r]
+            mu = _device.row_sum(row, acc) / n
+            for d in range(features):
+                dev[d] = row[d] - mu
+            # _rstd's formula under the CPU's error model: a zero variance with eps = 0 gives inf (and nan
+            # outputs, as torch does) instead of a ZeroDivisionError inside the parallel region.
+            rs = one / math.sqrt(_device.row_dot(dev, dev, acc) / n + eps_t)
+            for d in range(features):
+                out[d] = row[d] * _sigmoid_cpu(dev[d] * rs * gamma[d] + beta[d], one)
+            mean[r] = mu
+            rstd[r] = rs
+
+
+@_device.cpu_jit(parallel=True)
+def _swish_ln_backward_cpu(g, x, gamma, beta, mean, rstd, dx, dgamma_part, dbeta_part):
+    # Chunk c alone adds into row c of the partial buffers (zeroed here), so threads never share a partial;
+    # the launcher sums the partials over chunks. Per row: one sweep computes xhat, s, dz and dxhat = dz gamma
+    # into scratch rows, two fixed-order sums give mean(dxhat) and mean(dxhat xhat), and a second sweep
+    # writes dx and adds into the partials. The sigmoid is computed once per element.
+    rows, features = x.shape
+    chunks = dgamma_part.shape[0]
+    one = x.dtype.type(1)
+    n = x.dtype.type(features)
+    for c in prange(chunks):
+        xhat = np.empty(features, x.dtype)
+        dz = np.empty(features, x.dtype)
+        dxhat = np.empty(features, x.dtype)
+        direct = np.empty(features, x.dtype)
+        acc = np.empty(_device.CPU_SUM_LANES, x.dtype)
+        dgamma_c, dbeta_c = dgamma_part[c], dbeta_part[c]
+        dgamma_c[:] = 0
+        dbeta_c[:] = 0
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            g_r, x_r, dx_r = g[r], x[r], dx[r]
             mu = mean[r]
             rs = rstd[r]
-            sum_dxhat = x.dtype.type(0)
-            sum_dxhat_xhat = x.dtype.type(0)
-            for d in range(x.shape[1]):
-                xhat, dz, _ = _swish_ln_grads(g[r, d], x[r, d], mu, rs, gamma[d], beta[d], one)
-                sum_dxhat += dz * gamma[d]
-                sum_dxhat_xhat += dz * gamma[d] * xhat
-            mean_dxhat = sum_dxhat / n
-            mean_dxhat_xhat = sum_dxhat_xhat / n
-            # The sigmoid is recomputed rather than kept from the first sweep: keeping it would need a
-            # row-sized scratch buffer per thread.
-            for d in range(x.shape[1]):
-                xhat, dz, direct = _swish_ln_grads(g[r, d], x[r, d], mu, rs, gamma[d], beta[d], one)
-                dx[r, d] = _swish_ln_input_grad(direct, dz * gamma[d], xhat, rs, mean_dxhat, mean_dxhat_xhat)
-                dgamma_part[c, d] += dz * xhat
-                dbeta_part[c, d] += dz
+            for d in range(features):
+                h = (x_r[d] - mu) * rs
+                dz_d, direct[d] = _swish_ln_grads_at(g_r[d], x_r[d], _sigmoid_cpu(h * gamma[d] + beta[d], one), one)
+                xhat[d] = h
+                dz[d] = dz_d
+                dxhat[d] = dz_d * gamma[d]
+            mean_dxhat = _device.row_sum(dxhat, acc) / n
+            mean_dxhat_xhat = _device.row_dot(dxhat, xhat, acc) / n
+            for d in range(features):
+                dx_r[d] = _swish_ln_input_grad(direct[d], dxhat[d], xhat[d], rs, mean_dxhat, mean_dxhat_xhat)
+                dgamma_c[d] += dz[d] * xhat[d]
+                dbeta_c[d] += dz[d]
 
 
 def _swish_ln_forward_cuda(x, gamma, beta, eps, y, mean, rstd):
@@ -300,7 +333,7 @@ def swish_layernorm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float)
                 _launch_cuda_forward(x_a, g_a, b_a, float(eps), y_a, mu_a, rs_a, stream=stream)
         else:
             _swish_ln_forward_cpu(rows_x.numpy(), gamma.numpy(), beta.numpy(), float(eps), y.numpy(), mean.numpy(),
-                                  rstd.numpy())
+                                  rstd.numpy(), _device.cpu_kernel_chunks(rows))
     return y.view(x.shape).to(x.dtype), mean, rstd
 
 
@@ -321,11 +354,15 @@ def swish_layernorm_backward(
     rows = rows_x.shape[0]
     dx = torch.empty_like(rows_x)
     if _device.is_cuda(x):
+        # The CUDA kernel adds into its partial rows: they start at zero.
         partial_rows = cuda_partial_blocks(rows)
+        dgamma_part = torch.zeros((partial_rows, features), dtype=dtype, device=x.device)
+        dbeta_part = torch.zeros((partial_rows, features), dtype=dtype, device=x.device)
     else:
-        partial_rows = _device.cpu_row_chunks(rows)
-    dgamma_part = torch.zeros((partial_rows, features), dtype=dtype, device=x.device)
-    dbeta_part = torch.zeros((partial_rows, features), dtype=dtype, device=x.device)
+        # The CPU kernel zeroes each partial row itself, in the thread that owns it.
+        partial_rows = _device.cpu_kernel_chunks(rows)
+        dgamma_part = torch.empty((partial_rows, features), dtype=dtype, device=x.device)
+        dbeta_part = torch.empty((partial_rows, features), dtype=dtype, device=x.device)
     if rows > 0:
         tensors = (rows_g, rows_x, gamma, beta, mu, rs, dx, dgamma_part, dbeta_part)
         if _device.is_cuda(x):

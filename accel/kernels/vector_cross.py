@@ -15,6 +15,7 @@ import functools
 from types import SimpleNamespace
 from typing import Tuple
 
+import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
@@ -49,34 +50,41 @@ def _vc_input_grads(g, s, ds, w):
     return g * s, g + ds * w
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _vc_forward_cpu(x0, xl, w, b, out, dot):
-    # One row per prange iteration: the dot product x_l . w, then the output sweep.
-    for r in prange(x0.shape[0]):
-        s = x0.dtype.type(0)
-        for n in range(x0.shape[1]):
-            s += xl[r, n] * w[n]
-        for n in range(x0.shape[1]):
-            out[r, n] = _vc_output(x0[r, n], s, b[n], xl[r, n])
-        dot[r] = s
+@_device.cpu_jit(parallel=True)
+def _vc_forward_cpu(x0, xl, w, b, out, dot, chunks):
+    # Chunks of rows, one per thread, each with the lanes of the fixed-order dot product as scratch. Per row
+    # s = x_l . w, then the output sweep over x_l (still in L1) and x_0: each input is read from memory once.
+    rows, features = x0.shape
+    for c in prange(chunks):
+        acc = np.empty(_device.CPU_SUM_LANES, x0.dtype)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            x0_r, xl_r, out_r = x0[r], xl[r], out[r]
+            s = _device.row_dot(xl_r, w, acc)
+            for n in range(features):
+                out_r[n] = _vc_output(x0_r[n], s, b[n], xl_r[n])
+            dot[r] = s
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@_device.cpu_jit(parallel=True)
 def _vc_backward_cpu(g, x0, xl, w, dot, dx0, dxl, dw_part, db_part):
-    # One contiguous chunk of rows per prange iteration; chunk c alone adds into row c of the zeroed partial
-    # buffers, so threads never share a partial. The launcher sums the partials over chunks.
-    rows = x0.shape[0]
+    # Chunk c alone adds into row c of the partial buffers (zeroed here), so threads never share a partial;
+    # the launcher sums the partials over chunks. Per row ds = g . x_0 in a fixed order, then one sweep writes
+    # dx_0 and dx_l and adds into the partials while g and x_0 are still in L1.
+    rows, features = x0.shape
     chunks = dw_part.shape[0]
     for c in prange(chunks):
+        acc = np.empty(_device.CPU_SUM_LANES, x0.dtype)
+        dw_c, db_c = dw_part[c], db_part[c]
+        dw_c[:] = 0
+        db_c[:] = 0
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            ds = x0.dtype.type(0)
-            for n in range(x0.shape[1]):
-                ds += g[r, n] * x0[r, n]
+            g_r, xl_r, dx0_r, dxl_r = g[r], xl[r], dx0[r], dxl[r]
+            ds = _device.row_dot(g_r, x0[r], acc)
             s = dot[r]
-            for n in range(x0.shape[1]):
-                dx0[r, n], dxl[r, n] = _vc_input_grads(g[r, n], s, ds, w[n])
-                dw_part[c, n] += ds * xl[r, n]
-                db_part[c, n] += g[r, n]
+            for n in range(features):
+                dx0_r[n], dxl_r[n] = _vc_input_grads(g_r[n], s, ds, w[n])
+                dw_c[n] += ds * xl_r[n]
+                db_c[n] += g_r[n]
 
 
 def _vc_forward_cuda(x0, xl, w, b, out, dot):
@@ -207,7 +215,7 @@ def vector_cross_forward(x0: Tensor, xl: Tensor, w: Tensor, b: Tensor) -> Tuple[
             with _device.cuda_launch(x0.device) as stream:
                 _launch_cuda_forward(*map(_device.as_numba_array, tensors), stream=stream)
         else:
-            _vc_forward_cpu(*(t.numpy() for t in tensors))
+            _vc_forward_cpu(*(t.numpy() for t in tensors), _device.cpu_kernel_chunks(x0.shape[0]))
     return out.to(x0.dtype), dot
 
 
@@ -225,9 +233,16 @@ def vector_cross_backward(
     rows, features = x0_k.shape
     dx0 = torch.empty_like(x0_k)
     dxl = torch.empty_like(x0_k)
-    partial_rows = cuda_partial_blocks(rows) if _device.is_cuda(x0) else _device.cpu_row_chunks(rows)
-    dw_part = torch.zeros((partial_rows, features), dtype=dtype, device=x0.device)
-    db_part = torch.zeros((partial_rows, features), dtype=dtype, device=x0.device)
+    if _device.is_cuda(x0):
+        # The CUDA kernel adds into its partial rows: they start at zero.
+        partial_rows = cuda_partial_blocks(rows)
+        dw_part = torch.zeros((partial_rows, features), dtype=dtype, device=x0.device)
+        db_part = torch.zeros((partial_rows, features), dtype=dtype, device=x0.device)
+    else:
+        # The CPU kernel zeroes each partial row itself, in the thread that owns it.
+        partial_rows = _device.cpu_kernel_chunks(rows)
+        dw_part = torch.empty((partial_rows, features), dtype=dtype, device=x0.device)
+        db_part = torch.empty((partial_rows, features), dtype=dtype, device=x0.device)
     if x0.numel() > 0:
         tensors = (g_k, x0_k, xl_k, w_k, dot_k, dx0, dxl, dw_part, db_part)
         if _device.is_cuda(x0):

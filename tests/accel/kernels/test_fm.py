@@ -31,7 +31,7 @@ def tolerance(x, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 32), (4, 31), (5, 33), (3, 2)])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 32), (4, 31), (5, 33), (3, 2), (3, 1664)])
 def test_forward_matches_pairwise_sum(dtype, rows, cols):
     rng = np.random.default_rng(rows * 100 + cols)
     x = rng.standard_normal((rows, cols))
@@ -61,7 +61,7 @@ def test_row_sums_output_of_the_op():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows,cols", [(1, 32), (4, 31), (3, 33)])
+@pytest.mark.parametrize("rows,cols", [(1, 32), (4, 31), (3, 33), (2, 600)])
 def test_backward_matches_pair_derivative(dtype, rows, cols):
     rng = np.random.default_rng(7 + rows + cols)
     x_np = rng.standard_normal((rows, cols))
@@ -70,6 +70,18 @@ def test_backward_matches_pair_derivative(dtype, rows, cols):
     fm_interaction(x).backward(torch.tensor(g_np, dtype=dtype))
     atol = 8 * EPS[dtype] * float(np.abs(x_np).sum(axis=1).max() * np.abs(g_np).max())
     np.testing.assert_allclose(x.grad.numpy(), pairwise_grad_reference(x_np, g_np), rtol=0, atol=atol)
+
+
+def test_results_are_bitwise_identical_run_to_run():
+    x_np = np.random.default_rng(8).standard_normal((64, 1000))
+    runs = []
+    for _ in range(2):
+        x = torch.tensor(x_np, dtype=torch.float32, requires_grad=True)
+        out = fm_interaction(x)
+        out.backward(torch.ones_like(out))
+        runs.append((out.detach().numpy().copy(), x.grad.numpy().copy()))
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
 
 
 def test_backward_of_empty_batch():

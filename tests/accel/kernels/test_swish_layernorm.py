@@ -51,7 +51,7 @@ def make(shape, norm_shape, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,norm_shape", [((1, 32), (32,)), ((4, 31), (31,)), ((3, 33), (33,)),
-                                              ((2, 3, 4), (3, 4)), ((5, 1), (1,))])
+                                              ((2, 3, 4), (3, 4)), ((5, 1), (1,)), ((3, 600), (600,))])
 def test_forward_matches_formula(dtype, shape, norm_shape):
     x, gamma, beta, _ = make(shape, norm_shape, sum(shape))
     y = swish_layernorm(*(torch.tensor(a, dtype=dtype) for a in (x, gamma, beta)))
@@ -106,7 +106,7 @@ def test_saved_statistics():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,norm_shape", [((1, 32), (32,)), ((7, 31), (31,)), ((3, 33), (33,)),
-                                              ((2, 3, 4), (3, 4))])
+                                              ((2, 3, 4), (3, 4)), ((2, 2, 300), (2, 300))])
 def test_backward_matches_jacobian(dtype, shape, norm_shape):
     x_np, gamma_np, beta_np, g_np = make(shape, norm_shape, 100 + sum(shape))
     x, gamma, beta = (torch.tensor(a, dtype=dtype, requires_grad=True) for a in (x_np, gamma_np, beta_np))
@@ -117,6 +117,32 @@ def test_backward_matches_jacobian(dtype, shape, norm_shape):
     np.testing.assert_allclose(x.grad.numpy(), dx, rtol=tol, atol=tol * np.abs(dx).max())
     np.testing.assert_allclose(gamma.grad.numpy(), dgamma, rtol=tol, atol=tol * np.abs(dgamma).max())
     np.testing.assert_allclose(beta.grad.numpy(), dbeta, rtol=tol, atol=tol * np.abs(dbeta).max())
+
+
+def test_saturated_sigmoid():
+    # z = +-200: e^-z overflows to inf on one side, so s is exactly 1 there and 0 (float32) on the other.
+    x = torch.tensor([[1.0, -1.0]])
+    y = swish_layernorm(x, torch.full((2,), 200.0), torch.zeros(2), eps=0.0)
+    np.testing.assert_array_equal(y.numpy(), [[1.0, 0.0]])
+
+
+def test_zero_variance_with_zero_eps_gives_nan_as_torch():
+    x = torch.ones(2, 4)
+    y = swish_layernorm(x, torch.ones(4), torch.zeros(4), eps=0.0)
+    assert torch.isnan(y).all()
+    assert torch.isnan(x * torch.sigmoid(torch.nn.functional.layer_norm(x, (4,), eps=0.0))).all()
+
+
+def test_results_are_bitwise_identical_run_to_run():
+    x_np, gamma_np, beta_np, g_np = make((64, 700), (700,), 51)
+    runs = []
+    for _ in range(2):
+        x, gamma, beta = (torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (x_np, gamma_np, beta_np))
+        y = swish_layernorm(x, gamma, beta)
+        y.backward(torch.tensor(g_np, dtype=torch.float32))
+        runs.append([t.detach().numpy().copy() for t in (y, x.grad, gamma.grad, beta.grad)])
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

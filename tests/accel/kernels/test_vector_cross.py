@@ -34,7 +34,7 @@ def tolerance(dtype, cols, scale):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 32), (4, 31), (3, 33), (6, 5)])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 32), (4, 31), (3, 33), (6, 5), (3, 600)])
 def test_forward_matches_formula(dtype, rows, cols):
     x0, xl, w, b, _ = make(rows, cols, rows * 10 + cols)
     out = vector_cross_layer(*(torch.tensor(a, dtype=dtype) for a in (x0, xl, w, b)))
@@ -73,7 +73,7 @@ def test_dot_output_of_the_op():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows,cols", [(1, 32), (9, 31), (3, 33)])
+@pytest.mark.parametrize("rows,cols", [(1, 32), (9, 31), (3, 33), (5, 600)])
 def test_backward_matches_chain_rule(dtype, rows, cols):
     x0_np, xl_np, w_np, b_np, g_np = make(rows, cols, 50 + rows + cols)
     x0, xl, w, b = (torch.tensor(a, dtype=dtype, requires_grad=True) for a in (x0_np, xl_np, w_np, b_np))
@@ -82,6 +82,18 @@ def test_backward_matches_chain_rule(dtype, rows, cols):
         # dw and db also sum over the rows.
         atol = tolerance(dtype, cols + rows, np.abs(want).max() + 1.0)
         np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=atol)
+
+
+def test_results_are_bitwise_identical_run_to_run():
+    x0_np, xl_np, w_np, b_np, g_np = make(64, 700, 62)
+    runs = []
+    for _ in range(2):
+        x0, xl, w, b = (torch.tensor(a, dtype=torch.float32, requires_grad=True) for a in (x0_np, xl_np, w_np, b_np))
+        out = vector_cross_layer(x0, xl, w, b)
+        out.backward(torch.tensor(g_np, dtype=torch.float32))
+        runs.append([t.detach().numpy().copy() for t in (out, x0.grad, xl.grad, w.grad, b.grad)])
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
 
 
 def test_same_tensor_as_x0_and_xl():

@@ -1,0 +1,126 @@
+"""CPU numerics of accel.kernels._device: the vectorisable exp, the fixed-order row sums, the chunk count."""
+
+import math
+
+import numba
+import numpy as np
+import pytest
+from numba import njit
+
+from accel.kernels import _device
+
+LENGTHS = [0, 1, 15, 16, 17, 31, 33, 255, 256, 257, 600, 1664]
+
+
+def fixed_order_sum(a, lanes):
+    """row_sum's documented order, step by step in NumPy scalars of a's dtype (no FMA, no reassociation)."""
+    a = np.asarray(a)
+    add = a.dtype.type
+    w = lanes
+    while w > a.size and w > 16:
+        w //= 2
+    total = add(0)
+    if a.size < w:
+        for v in a:
+            total = add(total + v)
+        return total
+    acc = a[:w].copy()
+    blocks = a.size // w
+    for b in range(1, blocks):
+        acc = acc + a[b * w:(b + 1) * w]
+    tail = a[blocks * w:]
+    acc[:tail.size] = acc[:tail.size] + tail
+    h = w // 2
+    while h >= 16:
+        acc[:h] = acc[:h] + acc[h:2 * h]
+        h //= 2
+    for v in acc[:min(w, 16)]:
+        total = add(total + v)
+    return total
+
+
+@njit
+def _exp_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = _device.exp_vec(x[i])
+
+
+def jit_exp(x):
+    out = np.empty_like(x)
+    _exp_all(x, out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lanes", [16, 256])
+@pytest.mark.parametrize("n", LENGTHS)
+def test_row_sum_follows_the_documented_order_bit_for_bit(dtype, lanes, n):
+    a = np.random.default_rng(n).standard_normal(n).astype(dtype) * 100
+    got = _device.row_sum(a, np.empty(lanes, dtype))
+    assert got == fixed_order_sum(a, lanes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", LENGTHS)
+def test_row_sum_and_row_dot_against_exact_sums(dtype, n):
+    rng = np.random.default_rng(1000 + n)
+    a, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    acc = np.empty(_device.CPU_SUM_LANES, dtype)
+    eps = np.finfo(dtype).eps
+    # Any summation order is within (n - 1) eps sum |terms| of the exact sum; the products add one eps each.
+    np.testing.assert_allclose(_device.row_sum(a, acc), math.fsum(a.astype(float)), rtol=0,
+                               atol=n * eps * np.abs(a).sum() + 1e-300)
+    terms = a.astype(float) * b.astype(float)
+    np.testing.assert_allclose(_device.row_dot(a, b, acc), math.fsum(terms), rtol=0,
+                               atol=(n + 1) * eps * np.abs(terms).sum() + 1e-300)
+
+
+def test_row_sums_of_integers_are_exact():
+    a = np.arange(1, 1001, dtype=np.float32)
+    acc = np.empty(_device.CPU_SUM_LANES, np.float32)
+    assert _device.row_sum(a, acc) == 500500.0
+    assert _device.row_dot(a[:100], a[:100], acc) == 338350.0  # sum of k^2, k = 1..100
+
+
+def test_row_sums_of_an_empty_row_are_zero():
+    acc = np.empty(16, np.float64)
+    assert _device.row_sum(np.zeros(0), acc) == 0.0
+    assert _device.row_dot(np.zeros(0), np.zeros(0), acc) == 0.0
+
+
+def test_exp_float32_within_one_ulp_and_a_half():
+    x = np.concatenate([np.linspace(-87.3, 88.7, 400_001), np.random.default_rng(2).standard_normal(100_000) * 3])
+    x = x.astype(np.float32)
+    want = np.exp(x.astype(np.float64))
+    got = jit_exp(x).astype(np.float64)
+    normal = want >= np.finfo(np.float32).tiny
+    ulps = np.abs(got[normal] - want[normal]) / np.spacing(want[normal].astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 1.5
+
+
+def test_exp_float32_special_values():
+    x = np.array([0.0, -0.0, 1.0, 88.72, 88.73, 1e30, np.inf, -87.3, -87.34, -100.0, -np.inf, np.nan], np.float32)
+    got = jit_exp(x)
+    assert got[0] == 1.0 and got[1] == 1.0
+    assert got[2] == np.float32(math.e)
+    assert np.isfinite(got[3]) and got[3] > 3.3e38
+    assert np.all(np.isposinf(got[4:7]))
+    assert got[7] > 0.0
+    np.testing.assert_array_equal(got[8:11], [0.0, 0.0, 0.0])
+    assert np.isnan(got[11])
+
+
+def test_exp_float64_is_libm_exp():
+    x = np.random.default_rng(3).standard_normal(1000) * 50
+    np.testing.assert_array_equal(jit_exp(x), [math.exp(v) for v in x])
+
+
+def test_exp_outside_jitted_code_is_math_exp():
+    assert _device.exp_vec(1.5) == math.exp(1.5)
+
+
+def test_cpu_kernel_chunks():
+    threads = numba.get_num_threads()
+    assert _device.cpu_kernel_chunks(0) == 0
+    assert _device.cpu_kernel_chunks(1) == 1
+    assert _device.cpu_kernel_chunks(10_000) == threads

@@ -3,7 +3,8 @@
 Per case: the first provider (the anchor) is built under `torch.manual_seed(0)`; its parameters
 are loaded into every other provider, so they all compute the same function on the same seeded
 float32 inputs, and each row records how far its forward lies from the anchor's
-(max |y - y_anchor| / max |y_anchor|) next to its times.
+(max |y - y_anchor| / max |y_anchor|) next to its times. All providers of a case are timed in
+interleaved rounds, so that load from elsewhere hits them alike.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 
 from benchmarks.cases import Case
-from benchmarks.providers import Prepared, Unavailable
-from benchmarks.timing import TimingPlan, median_time
+from benchmarks.providers import Unavailable
+from benchmarks.timing import Timed, TimingPlan, median_times
 
 
 @dataclass
@@ -58,49 +59,62 @@ def _rel_err(out: Optional[np.ndarray], ref: Optional[np.ndarray]) -> Optional[f
     return float(np.max(np.abs(out - ref))) / (scale or 1.0) if ref.size else 0.0
 
 
-def _measure(
-    provider, case: Case, prepared: Prepared, plan: TimingPlan, ref: Optional[np.ndarray]
-) -> Row:
-    fwd = median_time(prepared.forward, plan, prepared.sync)
-    fwd_bwd = median_time(
-        prepared.forward_backward, plan, prepared.sync, setup=prepared.before_backward
-    )
-    work = case.work
-    return Row(
-        case.name, provider.name, provider.role, provider.device, "ok", unit=work.unit,
-        fwd_ms=fwd.median_ms, fwd_bwd_ms=fwd_bwd.median_ms, reps=fwd_bwd.reps,
-        fwd_rate=work.fwd / fwd.median_ms / 1e6,
-        fwd_bwd_rate=work.fwd_bwd / fwd_bwd.median_ms / 1e6,
-        rel_err=_rel_err(prepared.output(), ref), load_1min=os.getloadavg()[0],
-    )
+def _error_row(case: Case, provider, status: str, exc: Exception) -> Row:
+    note = str(exc) if status == "n/a" else f"{type(exc).__name__}: {exc}"
+    return Row(case.name, provider.name, provider.role, provider.device, status,
+               note.splitlines()[0][:300] if note else "")
 
 
-def run_case(
-    case: Case, providers: Sequence, plan: TimingPlan, log: Callable[[str], None] = print
-) -> List[Row]:
-    """`providers[0]` must be the anchor of the first device; an anchor of each further device
-    comes before that device's other providers."""
+def _prepare_all(case: Case, providers: Sequence, log: Callable[[str], None]):
+    """Build every provider with the first one's parameters and run each once (a provider that
+    fails here gets an error row instead of a place in the timing rounds)."""
     inputs = case_inputs(case)
-    state = None
-    ref = None
-    rows: List[Row] = []
+    state = ref = None
+    ready, failed = [], []
     for provider in providers:
         log(f"  {case.name:24s} {provider.name}")
         try:
             prepared = provider.prepare(case, state, inputs)
             if state is None:
                 state, ref = prepared.state, prepared.output()
-            rows.append(_measure(provider, case, prepared, plan, ref))
+            out = prepared.output()
+            if prepared.before_backward is not None:
+                prepared.before_backward()
+            prepared.forward_backward()
+            ready.append((provider, prepared, _rel_err(out, ref)))
         except Unavailable as exc:
-            rows.append(Row(case.name, provider.name, provider.role, provider.device, "n/a", str(exc)))
+            failed.append(_error_row(case, provider, "n/a", exc))
         except Exception as exc:  # one broken provider must not lose the rest of the sweep
-            note = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            rows.append(Row(case.name, provider.name, provider.role, provider.device, "error", note))
-        finally:
-            prepared = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            failed.append(_error_row(case, provider, "error", exc))
+    return ready, failed
+
+
+def run_case(
+    case: Case, providers: Sequence, plan: TimingPlan, log: Callable[[str], None] = print
+) -> List[Row]:
+    """Time the case on every provider, forward then forward+backward, in interleaved rounds.
+
+    `providers[0]` should be an anchor: its parameters go to the others and its forward is the
+    reference of the rel_err column. Rows come back in the order of `providers`.
+    """
+    ready, failed = _prepare_all(case, providers, log)
+    fwd = median_times([Timed(p.forward, p.sync) for _, p, _ in ready], plan)
+    fwd_bwd = median_times([Timed(p.forward_backward, p.sync, p.before_backward) for _, p, _ in ready], plan)
+    work = case.work
+    load = os.getloadavg()[0]
+    rows = failed + [
+        Row(case.name, provider.name, provider.role, provider.device, "ok", unit=work.unit,
+            fwd_ms=f.median_ms, fwd_bwd_ms=fb.median_ms, reps=fb.reps,
+            fwd_rate=work.fwd / f.median_ms / 1e6, fwd_bwd_rate=work.fwd_bwd / fb.median_ms / 1e6,
+            rel_err=err, load_1min=load)
+        for (provider, _, err), f, fb in zip(ready, fwd, fwd_bwd)
+    ]
+    ready = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    order = {p.name: i for i, p in enumerate(providers)}
+    rows.sort(key=lambda r: order[r.provider])
     _fill_speedups(rows)
     return rows
 

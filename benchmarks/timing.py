@@ -1,11 +1,15 @@
-"""Median wall time of a callable, after warm-up, with the device synchronised around each call."""
+"""Median wall times of callables, after warm-up, with the device synchronised around each call.
+
+Several callables are timed in interleaved rounds (one call of each per round), so that a burst
+of load from elsewhere on the machine lands on all of them alike and their ratio stays fair.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -26,35 +30,49 @@ QUICK = TimingPlan(warmup=1, reps=3, min_reps=2, budget_s=1.0)
 
 
 @dataclass(frozen=True)
+class Timed:
+    """One callable to time: `setup()` runs untimed before each call, `sync()` around it."""
+
+    fn: Callable[[], object]
+    sync: Callable[[], None] = lambda: None
+    setup: Optional[Callable[[], None]] = None
+
+
+@dataclass(frozen=True)
 class Timing:
     median_ms: float
     reps: int
 
 
-def median_time(
-    fn: Callable[[], object],
-    plan: TimingPlan,
-    sync: Callable[[], None] = lambda: None,
-    setup: Optional[Callable[[], None]] = None,
-) -> Timing:
-    """Median over the timed calls of `fn()`; `setup()` runs before each call, untimed."""
-    for _ in range(plan.warmup):
-        if setup is not None:
-            setup()
-        fn()
-    sync()
-    samples = []
-    spent = 0.0
-    while len(samples) < plan.reps:
-        if setup is not None:
-            setup()
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        elapsed = time.perf_counter() - start
-        samples.append(elapsed)
-        spent += elapsed
-        if len(samples) >= plan.min_reps and spent >= plan.budget_s:
-            break
-    return Timing(median_ms=1e3 * statistics.median(samples), reps=len(samples))
+def _call(item: Timed) -> float:
+    if item.setup is not None:
+        item.setup()
+    item.sync()
+    start = time.perf_counter()
+    item.fn()
+    item.sync()
+    return time.perf_counter() - start
+
+
+def median_times(items: Sequence[Timed], plan: TimingPlan) -> List[Timing]:
+    """Median over the timed calls of each item; each stops on its own count and budget."""
+    for item in items:
+        for _ in range(plan.warmup):
+            _call(item)
+    samples: List[List[float]] = [[] for _ in items]
+    active = list(range(len(items)))
+    while active:
+        for i in active:
+            samples[i].append(_call(items[i]))
+        active = [
+            i for i in active
+            if len(samples[i]) < plan.reps
+            and not (len(samples[i]) >= plan.min_reps and sum(samples[i]) >= plan.budget_s)
+        ]
+    return [Timing(1e3 * statistics.median(s), len(s)) for s in samples]
+
+
+def median_time(fn: Callable[[], object], plan: TimingPlan, sync: Callable[[], None] = lambda: None,
+                setup: Optional[Callable[[], None]] = None) -> Timing:
+    """Median over the timed calls of `fn()` alone."""
+    return median_times([Timed(fn, sync, setup)], plan)[0]

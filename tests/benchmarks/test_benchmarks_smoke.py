@@ -20,7 +20,7 @@ from benchmarks.__main__ import main
 from benchmarks.cases import Dims, dense_cases
 from benchmarks.providers import anchor_provider
 from benchmarks.sweep import Row, evaluate_targets
-from benchmarks.timing import TimingPlan, median_time
+from benchmarks.timing import Timed, TimingPlan, median_time, median_times
 
 PROVIDERS = ("transcription-cpu", "refimpl-f32", "accel-cpu", "gemm-cpu")
 
@@ -221,6 +221,15 @@ def test_median_time_warms_up_untimed_and_stops_at_the_budget():
     assert t.median_ms >= 0.0
     t = median_time(lambda: None, TimingPlan(warmup=0, reps=4, min_reps=1, budget_s=1e9))
     assert t.reps == 4
+
+
+def test_median_times_interleaves_items_and_stops_each_on_its_own_count():
+    calls = []
+    items = [Timed(lambda: calls.append("a")), Timed(lambda: calls.append("b"))]
+    a, b = median_times(items, TimingPlan(warmup=1, reps=3, min_reps=1, budget_s=1e9))
+    # Warm-up of each item, then rounds of one call per item.
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert (a.reps, b.reps) == (3, 3)
 
 
 def test_work_models_count_the_written_formulas():

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     dense.add_argument("--anchor", default="auto", choices=("auto", "torchrec", "transcription"))
     dense.add_argument("--cases", default=None, help="comma list of case names (default: all)")
     dense.add_argument("--no-refimpl", action="store_true", help="skip the NumPy provider")
+    dense.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
+                       help="before each case, wait up to this long for other programs to idle")
     dense.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     return parser
 
@@ -71,14 +73,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         budget_s_per_measurement=plan.budget_s,
         forward="under torch.no_grad()",
         forward_backward="out.sum().backward(), inputs and parameters require grad",
-        load_column="1-minute load average after the row; the sweep itself adds up to torch_threads",
+        load_column="1-minute load average after the case; the sweep itself adds up to torch_threads",
+        others_column="CPU share other programs used in a probe just before the case",
+        quiet_wait_s=args.quiet_wait,
     )
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     started = time.time()
     providers = _providers(devices, args.anchor, not args.no_refimpl)
     rows = []
     for case in cases:
-        rows += run_case(case, providers, plan, log)
+        rows += run_case(case, providers, plan, log, args.quiet_wait)
     info["load_average_after"] = machine.describe()["load_average"]
     settings["wall_s"] = round(time.time() - started, 1)
     verdicts = evaluate_targets(cases, rows)

@@ -6,7 +6,8 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-from typing import Dict, Optional
+import time
+from typing import Dict, Optional, Tuple
 
 
 def cpu_model() -> str:
@@ -42,6 +43,39 @@ def source_revision() -> Optional[str]:
     if out is not None and out.returncode == 0 and out.stdout.strip():
         return out.stdout.strip()
     return os.environ.get("RECSPEC_COMMIT")
+
+
+def _cpu_times() -> Optional[Tuple[int, int]]:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def others_busy(interval_s: float = 1.0) -> Optional[float]:
+    """Fraction of the machine's CPU time used over `interval_s` while this process sleeps:
+    what other programs take (0 = quiet, 1 = every core busy); None where /proc/stat is absent."""
+    before = _cpu_times()
+    time.sleep(interval_s)
+    after = _cpu_times()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def wait_until_quiet(max_wait_s: float, threshold: float = 0.15) -> Optional[float]:
+    """Probe `others_busy` until it is below `threshold` or `max_wait_s` has passed (a 2-thread
+    torch op slows down many times over while another program holds one of two cores);
+    returns the last probe."""
+    deadline = time.monotonic() + max_wait_s
+    busy = others_busy()
+    while busy is not None and busy >= threshold and time.monotonic() < deadline:
+        busy = others_busy()
+    return busy
 
 
 def describe() -> Dict[str, object]:

@@ -9,7 +9,7 @@ from benchmarks.cases import Case
 from benchmarks.sweep import Row
 
 COLUMNS = ("provider", "fwd ms", "fwd+bwd ms", "fwd {u}", "fwd+bwd {u}",
-           "anchor/x fwd", "anchor/x fwd+bwd", "reps", "rel err", "load")
+           "anchor/x fwd", "anchor/x fwd+bwd", "reps", "rel err", "load", "others")
 
 
 def _num(value: Optional[float], digits: int = 2) -> str:
@@ -32,7 +32,8 @@ def case_table(case: Case, rows: Sequence[Row]) -> List[str]:
             continue
         cells = [r.provider, _num(r.fwd_ms, 3), _num(r.fwd_bwd_ms, 3), _num(r.fwd_rate, 1),
                  _num(r.fwd_bwd_rate, 1), _num(r.speedup_fwd), _num(r.speedup_fwd_bwd),
-                 str(r.reps), _err(r.rel_err), _num(r.load_1min, 1)]
+                 str(r.reps), _err(r.rel_err), _num(r.load_1min, 1),
+                 "-" if r.others_busy is None else f"{100 * r.others_busy:.0f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from benchmarks import machine
 from benchmarks.cases import Case
 from benchmarks.providers import Unavailable
 from benchmarks.timing import Timed, TimingPlan, median_times
@@ -40,6 +41,7 @@ class Row:
     speedup_fwd_bwd: Optional[float] = None
     rel_err: Optional[float] = None
     load_1min: Optional[float] = None  # the machine's load average when the row was measured
+    others_busy: Optional[float] = None  # CPU share other programs used just before the case
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -90,13 +92,16 @@ def _prepare_all(case: Case, providers: Sequence, log: Callable[[str], None]):
 
 
 def run_case(
-    case: Case, providers: Sequence, plan: TimingPlan, log: Callable[[str], None] = print
+    case: Case, providers: Sequence, plan: TimingPlan, log: Callable[[str], None] = print,
+    quiet_wait_s: float = 0.0,
 ) -> List[Row]:
     """Time the case on every provider, forward then forward+backward, in interleaved rounds.
 
     `providers[0]` should be an anchor: its parameters go to the others and its forward is the
-    reference of the rel_err column. Rows come back in the order of `providers`.
+    reference of the rel_err column. Rows come back in the order of `providers`. With
+    `quiet_wait_s` > 0 it first waits up to that long for the rest of the machine to go idle.
     """
+    busy = machine.wait_until_quiet(quiet_wait_s) if quiet_wait_s > 0 else machine.others_busy(0.25)
     ready, failed = _prepare_all(case, providers, log)
     fwd = median_times([Timed(p.forward, p.sync) for _, p, _ in ready], plan)
     fwd_bwd = median_times([Timed(p.forward_backward, p.sync, p.before_backward) for _, p, _ in ready], plan)
@@ -106,7 +111,7 @@ def run_case(
         Row(case.name, provider.name, provider.role, provider.device, "ok", unit=work.unit,
             fwd_ms=f.median_ms, fwd_bwd_ms=fb.median_ms, reps=fb.reps,
             fwd_rate=work.fwd / f.median_ms / 1e6, fwd_bwd_rate=work.fwd_bwd / fb.median_ms / 1e6,
-            rel_err=err, load_1min=load)
+            rel_err=err, load_1min=load, others_busy=busy)
         for (provider, _, err), f, fb in zip(ready, fwd, fwd_bwd)
     ]
     ready = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 # `benchmarks` lives in the repository root but is not part of the installed distribution.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks import anchors
+from benchmarks import anchors, machine
 from benchmarks.__main__ import main
 from benchmarks.cases import Dims, dense_cases
 from benchmarks.providers import anchor_provider
@@ -57,6 +58,7 @@ def test_quick_sweep_has_a_row_per_case_and_provider_with_positive_times(quick_s
             assert row["status"] == "ok", (case, name, row["note"])
             assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0, (case, name)
             assert row["fwd_rate"] > 0 and row["reps"] >= 2, (case, name)
+        assert rows["accel-cpu"]["others_busy"] is None or 0 <= rows["accel-cpu"]["others_busy"] <= 1
         # The anchor's ratio to itself is 1 by construction.
         assert rows["transcription-cpu"]["speedup_fwd_bwd"] == pytest.approx(1.0)
 
@@ -230,6 +232,16 @@ def test_median_times_interleaves_items_and_stops_each_on_its_own_count():
     # Warm-up of each item, then rounds of one call per item.
     assert calls == ["a", "b"] + ["a", "b"] * 3
     assert (a.reps, b.reps) == (3, 3)
+
+
+def test_others_busy_is_a_fraction_of_the_machine():
+    busy = machine.others_busy(0.05)
+    assert busy is None or 0.0 <= busy <= 1.0
+    # A threshold never met and no time to wait: one probe (1 s), then back with its value.
+    start = time.monotonic()
+    last = machine.wait_until_quiet(0.0, threshold=-1.0)
+    assert time.monotonic() - start < 10.0
+    assert last is None or 0.0 <= last <= 1.0
 
 
 def test_work_models_count_the_written_formulas():

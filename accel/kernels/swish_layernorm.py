@@ -51,15 +51,6 @@ def _sigmoid(z, one):
     return e / (one + e)
 
 
-@_device.cpu_jit()
-def _sigmoid_cpu(z, one):
-    """sigmoid(z) = 1 / (1 + e^-z) without a branch, so that the CPU loops around it vectorise.
-
-    Safe for any z in IEEE arithmetic: e^-z overflows to inf for z << 0 and the quotient is 0.
-    """
-    return one / (one + _device.exp_vec(-z))
-
-
 @njit(cache=True)
 def _rstd(sq_dev_sum, n, eps, one):
     """rstd = 1 / sqrt(sum (x - mu)^2 / D + eps)."""
@@ -93,10 +84,10 @@ def _swish_ln_input_grad(direct, dxhat, xhat, rstd, mean_dxhat, mean_dxhat_xhat)
 
 
 # The CPU kernels share the formulas above except the sigmoid: the CUDA one calls the GPU's exp, the CPU one
-# a polynomial exp LLVM can vectorise (pip's llvmlite has no SVML, so math.exp stays one libm call per
-# element). Each kernel takes chunks of rows, one per thread, with per-thread scratch rows for what a later
-# sweep of the same row reuses; a row (2 KiB at D = 512 in float32) stays in L1 between sweeps, so x and g
-# are read from memory once. Row sums use _device.row_sum/row_dot: vectorised, in a fixed order.
+# is _device.sigmoid_vec, which LLVM can vectorise. Each kernel takes chunks of rows, one per thread, with
+# per-thread scratch rows for what a later sweep of the same row reuses; a row (2 KiB at D = 512 in float32)
+# stays in L1 between sweeps, so x and g are read from memory once. Row sums are _device's: vectorised, in a
+# fixed order.
 
 
 @_device.cpu_jit(parallel=True)
@@ -118,37 +109,38 @@ def _swish_ln_forward_cpu(x, gamma, beta, eps, y, mean, rstd, chunks):
             # outputs, as torch does) instead of a ZeroDivisionError inside the parallel region.
             rs = one / math.sqrt(_device.row_dot(dev, dev, acc) / n + eps_t)
             for d in range(features):
-                out[d] = row[d] * _sigmoid_cpu(dev[d] * rs * gamma[d] + beta[d], one)
+                out[d] = row[d] * _device.sigmoid_vec(dev[d] * rs * gamma[d] + beta[d])
             mean[r] = mu
             rstd[r] = rs
 
 
 @_device.cpu_jit(parallel=True)
-def _swish_ln_backward_cpu(g, x, gamma, beta, mean, rstd, dx, dgamma_part, dbeta_part):
-    # Chunk c alone adds into row c of the partial buffers (zeroed here), so threads never share a partial;
-    # the launcher sums the partials over chunks. Per row: one sweep computes xhat, s, dz and dxhat = dz gamma
-    # into scratch rows, two fixed-order sums give mean(dxhat) and mean(dxhat xhat), and a second sweep
-    # writes dx and adds into the partials. The sigmoid is computed once per element.
+def _swish_ln_backward_cpu(g, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, chunks):
+    # Per row: one sweep computes xhat, s, dz and dxhat = dz gamma into scratch rows (the sigmoid once per
+    # element), one fixed-order sweep gives mean(dxhat) and mean(dxhat xhat), and a last sweep writes dx and
+    # adds into chunk c's own partial rows of dgamma and dbeta (no sharing between threads). The partials are
+    # then added in chunk order, so dgamma and dbeta do not depend on which thread ran which chunk.
     rows, features = x.shape
-    chunks = dgamma_part.shape[0]
     one = x.dtype.type(1)
     n = x.dtype.type(features)
+    partial = np.empty((chunks, 2, features), x.dtype)
     for c in prange(chunks):
         xhat = np.empty(features, x.dtype)
         dz = np.empty(features, x.dtype)
         dxhat = np.empty(features, x.dtype)
         direct = np.empty(features, x.dtype)
         acc = np.empty(_device.CPU_SUM_LANES, x.dtype)
-        dgamma_c, dbeta_c = dgamma_part[c], dbeta_part[c]
-        dgamma_c[:] = 0
-        dbeta_c[:] = 0
+        dgamma_c, dbeta_c = partial[c, 0], partial[c, 1]
+        for d in range(features):
+            dgamma_c[d] = 0
+            dbeta_c[d] = 0
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             g_r, x_r, dx_r = g[r], x[r], dx[r]
             mu = mean[r]
             rs = rstd[r]
             for d in range(features):
                 h = (x_r[d] - mu) * rs
-                dz_d, direct[d] = _swish_ln_grads_at(g_r[d], x_r[d], _sigmoid_cpu(h * gamma[d] + beta[d], one), one)
+                dz_d, direct[d] = _swish_ln_grads_at(g_r[d], x_r[d], _device.sigmoid_vec(h * gamma[d] + beta[d]), one)
                 xhat[d] = h
                 dz[d] = dz_d
                 dxhat[d] = dz_d * gamma[d]
@@ -158,6 +150,15 @@ def _swish_ln_backward_cpu(g, x, gamma, beta, mean, rstd, dx, dgamma_part, dbeta
                 dx_r[d] = _swish_ln_input_grad(direct[d], dxhat[d], xhat[d], rs, mean_dxhat, mean_dxhat_xhat)
                 dgamma_c[d] += dz[d] * xhat[d]
                 dbeta_c[d] += dz[d]
+    # Explicit loops: an array expression here would be one more parallel region.
+    for d in range(features):
+        dgamma[d] = partial[0, 0, d]
+        dbeta[d] = partial[0, 1, d]
+    for c in range(1, chunks):
+        dgamma_c, dbeta_c = partial[c, 0], partial[c, 1]
+        for d in range(features):
+            dgamma[d] += dgamma_c[d]
+            dbeta[d] += dbeta_c[d]
 
 
 def _swish_ln_forward_cuda(x, gamma, beta, eps, y, mean, rstd):
@@ -354,25 +355,23 @@ def swish_layernorm_backward(
     rows = rows_x.shape[0]
     dx = torch.empty_like(rows_x)
     if _device.is_cuda(x):
-        # The CUDA kernel adds into its partial rows: they start at zero.
+        # Stage one adds into per-block partial rows, zeroed here; stage two sums them over blocks.
         partial_rows = cuda_partial_blocks(rows)
         dgamma_part = torch.zeros((partial_rows, features), dtype=dtype, device=x.device)
         dbeta_part = torch.zeros((partial_rows, features), dtype=dtype, device=x.device)
-    else:
-        # The CPU kernel zeroes each partial row itself, in the thread that owns it.
-        partial_rows = _device.cpu_kernel_chunks(rows)
-        dgamma_part = torch.empty((partial_rows, features), dtype=dtype, device=x.device)
-        dbeta_part = torch.empty((partial_rows, features), dtype=dtype, device=x.device)
-    if rows > 0:
-        tensors = (rows_g, rows_x, gamma, beta, mu, rs, dx, dgamma_part, dbeta_part)
-        if _device.is_cuda(x):
+        if rows > 0:
+            tensors = (rows_g, rows_x, gamma, beta, mu, rs, dx, dgamma_part, dbeta_part)
             with _device.cuda_launch(x.device) as stream:
                 _launch_cuda_backward(*map(_device.as_numba_array, tensors), stream=stream)
-        else:
-            _swish_ln_backward_cpu(*(t.numpy() for t in tensors))
-    # Stage two of the column reduction: sum the per-chunk (CPU) or per-block (CUDA) partial rows.
-    dgamma = dgamma_part.sum(0).view(weight.shape).to(weight.dtype)
-    dbeta = dbeta_part.sum(0).view(weight.shape).to(weight.dtype)
+        dgamma, dbeta = dgamma_part.sum(0), dbeta_part.sum(0)
+    else:
+        dgamma = torch.zeros((features,), dtype=dtype)
+        dbeta = torch.zeros((features,), dtype=dtype)
+        if rows > 0:
+            tensors = (rows_g, rows_x, gamma, beta, mu, rs, dx, dgamma, dbeta)
+            _swish_ln_backward_cpu(*(t.numpy() for t in tensors), _device.cpu_kernel_chunks(rows))
+    dgamma = dgamma.view(weight.shape).to(weight.dtype)
+    dbeta = dbeta.view(weight.shape).to(weight.dtype)
     return dx.view(x.shape).to(x.dtype), dgamma, dbeta
 
 

@@ -66,17 +66,18 @@ def _vc_forward_cpu(x0, xl, w, b, out, dot, chunks):
 
 
 @_device.cpu_jit(parallel=True)
-def _vc_backward_cpu(g, x0, xl, w, dot, dx0, dxl, dw_part, db_part):
-    # Chunk c alone adds into row c of the partial buffers (zeroed here), so threads never share a partial;
-    # the launcher sums the partials over chunks. Per row ds = g . x_0 in a fixed order, then one sweep writes
-    # dx_0 and dx_l and adds into the partials while g and x_0 are still in L1.
+def _vc_backward_cpu(g, x0, xl, w, dot, dx0, dxl, dw, db, chunks):
+    # Per row ds = g . x_0 in a fixed order, then one sweep writes dx_0 and dx_l and adds into chunk c's own
+    # partial rows of dw and db (no sharing between threads) while g and x_0 are still in L1. The partials
+    # are then added in chunk order, so dw and db do not depend on which thread ran which chunk.
     rows, features = x0.shape
-    chunks = dw_part.shape[0]
+    partial = np.empty((chunks, 2, features), x0.dtype)
     for c in prange(chunks):
         acc = np.empty(_device.CPU_SUM_LANES, x0.dtype)
-        dw_c, db_c = dw_part[c], db_part[c]
-        dw_c[:] = 0
-        db_c[:] = 0
+        dw_c, db_c = partial[c, 0], partial[c, 1]
+        for n in range(features):
+            dw_c[n] = 0
+            db_c[n] = 0
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             g_r, xl_r, dx0_r, dxl_r = g[r], xl[r], dx0[r], dxl[r]
             ds = _device.row_dot(g_r, x0[r], acc)
@@ -85,6 +86,15 @@ def _vc_backward_cpu(g, x0, xl, w, dot, dx0, dxl, dw_part, db_part):
                 dx0_r[n], dxl_r[n] = _vc_input_grads(g_r[n], s, ds, w[n])
                 dw_c[n] += ds * xl_r[n]
                 db_c[n] += g_r[n]
+    # Explicit loops: an array expression here would be one more parallel region.
+    for n in range(features):
+        dw[n] = partial[0, 0, n]
+        db[n] = partial[0, 1, n]
+    for c in range(1, chunks):
+        dw_c, db_c = partial[c, 0], partial[c, 1]
+        for n in range(features):
+            dw[n] += dw_c[n]
+            db[n] += db_c[n]
 
 
 def _vc_forward_cuda(x0, xl, w, b, out, dot):
@@ -234,25 +244,21 @@ def vector_cross_backward(
     dx0 = torch.empty_like(x0_k)
     dxl = torch.empty_like(x0_k)
     if _device.is_cuda(x0):
-        # The CUDA kernel adds into its partial rows: they start at zero.
+        # Stage one adds into per-block partial rows, zeroed here; stage two sums them over blocks.
         partial_rows = cuda_partial_blocks(rows)
         dw_part = torch.zeros((partial_rows, features), dtype=dtype, device=x0.device)
         db_part = torch.zeros((partial_rows, features), dtype=dtype, device=x0.device)
-    else:
-        # The CPU kernel zeroes each partial row itself, in the thread that owns it.
-        partial_rows = _device.cpu_kernel_chunks(rows)
-        dw_part = torch.empty((partial_rows, features), dtype=dtype, device=x0.device)
-        db_part = torch.empty((partial_rows, features), dtype=dtype, device=x0.device)
-    if x0.numel() > 0:
-        tensors = (g_k, x0_k, xl_k, w_k, dot_k, dx0, dxl, dw_part, db_part)
-        if _device.is_cuda(x0):
+        if x0.numel() > 0:
+            tensors = (g_k, x0_k, xl_k, w_k, dot_k, dx0, dxl, dw_part, db_part)
             with _device.cuda_launch(x0.device) as stream:
                 _launch_cuda_backward(*map(_device.as_numba_array, tensors), stream=stream)
-        else:
-            _vc_backward_cpu(*(t.numpy() for t in tensors))
-    # Stage two of the column reduction: sum the per-chunk (CPU) or per-block (CUDA) partial rows.
-    dw = dw_part.sum(0)
-    db = db_part.sum(0)
+        dw, db = dw_part.sum(0), db_part.sum(0)
+    else:
+        dw = torch.zeros((features,), dtype=dtype)
+        db = torch.zeros((features,), dtype=dtype)
+        if x0.numel() > 0:
+            tensors = (g_k, x0_k, xl_k, w_k, dot_k, dx0, dxl, dw, db)
+            _vc_backward_cpu(*(t.numpy() for t in tensors), _device.cpu_kernel_chunks(rows))
     return tuple(t.to(x0.dtype) for t in (dx0, dxl, dw, db))
 
 

@@ -120,10 +120,14 @@ def test_backward_matches_jacobian(dtype, shape, norm_shape):
 
 
 def test_saturated_sigmoid():
-    # z = +-200: e^-z overflows to inf on one side, so s is exactly 1 there and 0 (float32) on the other.
+    # z = +-200: s is exactly 1 on one side and below float32's smallest normal (1.2e-38) on the other.
     x = torch.tensor([[1.0, -1.0]])
     y = swish_layernorm(x, torch.full((2,), 200.0), torch.zeros(2), eps=0.0)
-    np.testing.assert_array_equal(y.numpy(), [[1.0, 0.0]])
+    assert y[0, 0] == 1.0
+    assert abs(y[0, 1]) < np.finfo(np.float32).tiny
+    y64 = swish_layernorm(x.double(), torch.full((2,), 200.0, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                          eps=0.0)
+    np.testing.assert_allclose(y64.numpy(), [[1.0, -1.0 / (1.0 + np.exp(200.0))]], rtol=1e-15)
 
 
 def test_zero_variance_with_zero_eps_gives_nan_as_torch():

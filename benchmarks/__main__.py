@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from typing import List, Optional
@@ -13,7 +14,7 @@ from benchmarks import machine, report
 from benchmarks.cases import Dims, dense_cases
 from benchmarks.providers import GemmProvider, RefimplProvider, accel_provider, anchor_provider
 from benchmarks.sweep import evaluate_targets, run_case
-from benchmarks.timing import FULL, QUICK, TimingPlan
+from benchmarks.timing import FULL, QUICK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,13 +65,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise ValueError("--devices: cuda requested, but torch.cuda.is_available() is False")
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
-        plan = TimingPlan(plan.warmup, args.reps, min(plan.min_reps, args.reps), plan.budget_s)
+        if args.reps < 1:
+            raise ValueError(f"--reps: expected a positive number of timed calls, got {args.reps}")
+        plan = dataclasses.replace(plan, reps=args.reps, min_reps=min(plan.min_reps, args.reps))
 
     info = machine.describe()
     settings = dict(
         batch=batch, dtype="float32", shapes="tiny" if args.tiny else "full", devices=devices,
         warmup_calls=plan.warmup, max_timed_calls=plan.reps, min_timed_calls=plan.min_reps,
-        budget_s_per_measurement=plan.budget_s,
+        budget_s_per_measurement=plan.budget_s, rounds=plan.rounds, pause_s_before_block=plan.pause_s,
         forward="under torch.no_grad()",
         forward_backward="out.sum().backward(), inputs and parameters require grad",
         load_column="1-minute load average after the case; the sweep itself adds up to torch_threads",

@@ -92,6 +92,8 @@ def test_cli_rejects_unknown_case_and_bad_batch():
         main(["dense", "--tiny", "--cases", "Nope"])
     with pytest.raises(ValueError, match="--batch: expected a positive batch size, got 0"):
         main(["dense", "--tiny", "--batch", "0"])
+    with pytest.raises(ValueError, match="--reps: expected a positive number of timed calls, got 0"):
+        main(["dense", "--tiny", "--reps", "0"])
 
 
 def test_anchor_provider_rejects_unknown_choice():
@@ -225,13 +227,14 @@ def test_median_time_warms_up_untimed_and_stops_at_the_budget():
     assert t.reps == 4
 
 
-def test_median_times_interleaves_items_and_stops_each_on_its_own_count():
+def test_median_times_runs_items_in_rounds_of_blocks():
     calls = []
     items = [Timed(lambda: calls.append("a")), Timed(lambda: calls.append("b"))]
-    a, b = median_times(items, TimingPlan(warmup=1, reps=3, min_reps=1, budget_s=1e9))
-    # Warm-up of each item, then rounds of one call per item.
-    assert calls == ["a", "b"] + ["a", "b"] * 3
-    assert (a.reps, b.reps) == (3, 3)
+    plan = TimingPlan(warmup=1, reps=4, min_reps=1, budget_s=1e9, rounds=2, pause_s=0.0)
+    a, b = median_times(items, plan)
+    # Warm-up of each item, then per round and item one untimed settling call and a block of 2.
+    assert calls == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
+    assert (a.reps, b.reps) == (4, 4)
 
 
 def test_others_busy_is_a_fraction_of_the_machine():

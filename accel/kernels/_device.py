@@ -178,8 +178,14 @@ _LAST_LANES = 16
 
 
 def cpu_jit(**options):
-    """numba.njit with the CPU kernels' options (cache, CPU_FASTMATH, CPU_ERROR_MODEL) plus `options`."""
-    return njit(cache=True, fastmath=dict(CPU_FASTMATH), error_model=CPU_ERROR_MODEL, **options)
+    """numba.njit with the CPU kernels' options (disk cache, CPU_FASTMATH, CPU_ERROR_MODEL) plus `options`.
+
+    No disk cache under NUMBA_BOUNDSCHECK=1: Numba's cache key leaves the flag out, so a bounds-checked build
+    would be loaded by every later run (several times slower: the checks stop vectorisation), and a checked
+    run would load unchecked code from an earlier run.
+    """
+    return njit(cache=not numba.config.BOUNDSCHECK, fastmath=dict(CPU_FASTMATH), error_model=CPU_ERROR_MODEL,
+                **options)
 
 
 def cpu_helper():

@@ -1,6 +1,10 @@
 """CPU numerics of accel.kernels._device: the vectorisable exp, the fixed-order row sums, the chunk count."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -10,6 +14,7 @@ from numba import njit
 from accel.kernels import _device
 
 LENGTHS = [0, 1, 15, 16, 17, 31, 33, 255, 256, 257, 600, 1664]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def fixed_order_sum(a, lanes):
@@ -122,3 +127,19 @@ def test_cpu_kernel_chunks():
     assert _device.cpu_kernel_chunks(0) == 0
     assert _device.cpu_kernel_chunks(1) == 1
     assert _device.cpu_kernel_chunks(10_000) == threads
+
+
+_CACHE_PROBE = """
+import numpy as np
+from accel.kernels import fm
+fm._fm_forward_cpu(np.ones((2, 3), np.float32), np.empty((2, 1), np.float32), np.empty(2, np.float32), 1)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("boundscheck, cached", [("0", True), ("1", False)])
+def test_bounds_checked_builds_stay_out_of_the_disk_cache(tmp_path, boundscheck, cached):
+    # Numba's cache key ignores NUMBA_BOUNDSCHECK: a cached checked build would slow every later run down.
+    env = dict(os.environ, NUMBA_BOUNDSCHECK=boundscheck, NUMBA_CACHE_DIR=str(tmp_path))
+    subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, check=True, cwd=ROOT, timeout=600)
+    assert bool(list(tmp_path.rglob("fm._fm_forward_cpu-*.nbi"))) == cached

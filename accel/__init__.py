@@ -25,6 +25,26 @@ _EXPORTS: Dict[str, str] = {
     # mlp
     "Perceptron": "accel.modules.mlp",
     "MLP": "accel.modules.mlp",
+    # embedding_configs
+    "DataType": "accel.modules.embedding_configs",
+    "PoolingType": "accel.modules.embedding_configs",
+    "ShardingType": "accel.modules.embedding_configs",
+    "QuantConfig": "accel.modules.embedding_configs",
+    "BaseEmbeddingConfig": "accel.modules.embedding_configs",
+    "EmbeddingBagConfig": "accel.modules.embedding_configs",
+    "EmbeddingConfig": "accel.modules.embedding_configs",
+    "EmbeddingTableConfig": "accel.modules.embedding_configs",
+    # embedding_modules
+    "EmbeddingBagCollection": "accel.modules.embedding_modules",
+    "EmbeddingCollection": "accel.modules.embedding_modules",
+    # feature_processor
+    "BaseFeatureProcessor": "accel.modules.feature_processor",
+    "BaseGroupedFeatureProcessor": "accel.modules.feature_processor",
+    "PositionWeightedModule": "accel.modules.feature_processor",
+    "PositionWeightedProcessor": "accel.modules.feature_processor",
+    # embedding_tower
+    "EmbeddingTower": "accel.modules.embedding_tower",
+    "EmbeddingTowerCollection": "accel.modules.embedding_tower",
     # lazy_extension
     "LazyModuleExtensionMixin": "accel.modules.lazy_extension",
 }

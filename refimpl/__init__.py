@@ -27,6 +27,26 @@ _EXPORTS: Dict[str, str] = {
     # mlp
     "Perceptron": "refimpl.modules.mlp",
     "MLP": "refimpl.modules.mlp",
+    # embedding_configs
+    "DataType": "refimpl.modules.embedding_configs",
+    "PoolingType": "refimpl.modules.embedding_configs",
+    "ShardingType": "refimpl.modules.embedding_configs",
+    "QuantConfig": "refimpl.modules.embedding_configs",
+    "BaseEmbeddingConfig": "refimpl.modules.embedding_configs",
+    "EmbeddingBagConfig": "refimpl.modules.embedding_configs",
+    "EmbeddingConfig": "refimpl.modules.embedding_configs",
+    "EmbeddingTableConfig": "refimpl.modules.embedding_configs",
+    # embedding_modules
+    "EmbeddingBagCollection": "refimpl.modules.embedding_modules",
+    "EmbeddingCollection": "refimpl.modules.embedding_modules",
+    # feature_processor
+    "BaseFeatureProcessor": "refimpl.modules.feature_processor",
+    "BaseGroupedFeatureProcessor": "refimpl.modules.feature_processor",
+    "PositionWeightedModule": "refimpl.modules.feature_processor",
+    "PositionWeightedProcessor": "refimpl.modules.feature_processor",
+    # embedding_tower
+    "EmbeddingTower": "refimpl.modules.embedding_tower",
+    "EmbeddingTowerCollection": "refimpl.modules.embedding_tower",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -86,6 +86,19 @@ def cuda_launch(device: torch.device) -> Iterator[object]:
         yield torch_stream(device)
 
 
+def grad_rows(grad: torch.Tensor, row_dims: int, dtype: torch.dtype) -> torch.Tensor:
+    """grad as contiguous kernel rows (R, C) over its trailing `row_dims` dimensions, or as the one row
+    (1, C) that every row repeats when grad is broadcast along the leading dimensions (all their strides 0,
+    as `out.sum().backward()` gives): the CPU kernels then read row 0 for every row, and nothing is
+    materialised R times."""
+    lead = grad.dim() - row_dims
+    if lead > 0 and grad.numel() > 0 and all(grad.stride(i) == 0 for i in range(lead)):
+        grad = grad[(0,) * lead].unsqueeze(0)
+        lead = 1
+    rows, columns = math.prod(grad.shape[:lead]), math.prod(grad.shape[lead:])
+    return grad.detach().to(dtype).contiguous().view(rows, columns)
+
+
 def threads_per_row(row_length: int) -> int:
     """Block size for a one-block-per-row kernel: the next power of two >= row_length, in [32, 256]."""
     threads = MIN_THREADS_PER_ROW
@@ -173,7 +186,8 @@ CPU_ERROR_MODEL = "numpy"
 # Lanes of the fixed-order row sums: 256 partial sums (1 KiB of float32 scratch, in L1) give the vectoriser
 # long inner loops; rows shorter than that use the widest power of two that fits.
 CPU_SUM_LANES = 256
-# Below this many lanes the folded partial sums are added one by one.
+# The fewest lanes: rows shorter than this are added left to right, and the fold's last 16 lanes are added
+# by straight-line code.
 _LAST_LANES = 16
 
 
@@ -256,23 +270,24 @@ def _lanes(n, capacity):
 
 
 @cpu_helper()
-def _fold(acc, w, total):
-    # Pairwise halving of acc[:w] down to _LAST_LANES partial sums, which are then added in index order.
+def _fold(acc, w):
+    # Pairwise halving of acc[:w] (w a power of two >= 16), k + h into k for h = w/2, ..., 1: vector loops down
+    # to 16 lanes, then the last four levels written out as scalar adds (a loop that short runs scalar).
     h = w // 2
     while h >= _LAST_LANES:
         upper = acc[h:2 * h]
         for k in range(h):
             acc[k] += upper[k]
         h //= 2
-    for k in range(min(w, _LAST_LANES)):
-        total += acc[k]
-    return total
+    a0, a1, a2, a3 = acc[0] + acc[8], acc[1] + acc[9], acc[2] + acc[10], acc[3] + acc[11]
+    a4, a5, a6, a7 = acc[4] + acc[12], acc[5] + acc[13], acc[6] + acc[14], acc[7] + acc[15]
+    return ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))
 
 
 @cpu_helper()
 def row_sum(a, acc):
     """sum_j a_j in a fixed order: lane k of w adds a_k, a_{k+w}, a_{k+2w}, ... (then the n mod w tail
-    a_{qw+k}); the lanes are folded pairwise, k + w/2 into k, down to 16, which are added in order.
+    a_{qw+k}); the lanes are then folded pairwise, k + h into k for h = w/2, w/4, ..., 1.
 
     Shapes: a (n,), acc (>= 16,) scratch of a's dtype, w = _lanes(n, acc.size). Rows shorter than 16 are
     added left to right. The order is fixed by n alone, so the result is reproducible bit for bit.
@@ -297,7 +312,7 @@ def row_sum(a, acc):
     tail = a[blocks * w:]
     for k in range(tail.shape[0]):
         acc[k] += tail[k]
-    return _fold(acc, w, total)
+    return _fold(acc, w)
 
 
 @cpu_helper()
@@ -324,5 +339,5 @@ def row_dot(a, b, acc):
     tail_a, tail_b = a[blocks * w:], b[blocks * w:]
     for k in range(tail_a.shape[0]):
         acc[k] += tail_a[k] * tail_b[k]
-    return _fold(acc, w, total)
+    return _fold(acc, w)
 

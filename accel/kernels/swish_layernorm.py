@@ -135,7 +135,8 @@ def _swish_ln_backward_cpu(g, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, chu
             dgamma_c[d] = 0
             dbeta_c[d] = 0
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            g_r, x_r, dx_r = g[r], x[r], dx[r]
+            # g holds one row when the gradient is broadcast along the rows (_device.grad_rows).
+            g_r, x_r, dx_r = g[r if g.shape[0] > 1 else 0], x[r], dx[r]
             mu = mean[r]
             rs = rstd[r]
             for d in range(features):
@@ -350,11 +351,12 @@ def swish_layernorm_backward(
     _device.check_launchable("x", x)
     dtype = _device.kernel_dtype(x.dtype)
     features = weight.numel()
-    rows_x, rows_g = (_flat(t, dtype).view(-1, features) for t in (x, grad))
+    rows_x = _flat(x, dtype).view(-1, features)
     gamma, beta, mu, rs = (_flat(t, dtype) for t in (weight, bias, mean, rstd))
     rows = rows_x.shape[0]
     dx = torch.empty_like(rows_x)
     if _device.is_cuda(x):
+        rows_g = _flat(grad, dtype).view(-1, features)
         # Stage one adds into per-block partial rows, zeroed here; stage two sums them over blocks.
         partial_rows = cuda_partial_blocks(rows)
         dgamma_part = torch.zeros((partial_rows, features), dtype=dtype, device=x.device)
@@ -365,6 +367,7 @@ def swish_layernorm_backward(
                 _launch_cuda_backward(*map(_device.as_numba_array, tensors), stream=stream)
         dgamma, dbeta = dgamma_part.sum(0), dbeta_part.sum(0)
     else:
+        rows_g = _device.grad_rows(grad, weight.dim(), dtype)
         dgamma = torch.zeros((features,), dtype=dtype)
         dbeta = torch.zeros((features,), dtype=dtype)
         if rows > 0:

@@ -79,7 +79,8 @@ def _vc_backward_cpu(g, x0, xl, w, dot, dx0, dxl, dw, db, chunks):
             dw_c[n] = 0
             db_c[n] = 0
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            g_r, xl_r, dx0_r, dxl_r = g[r], xl[r], dx0[r], dxl[r]
+            # g holds one row when the gradient is broadcast along the rows (_device.grad_rows).
+            g_r, xl_r, dx0_r, dxl_r = g[r if g.shape[0] > 1 else 0], xl[r], dx0[r], dxl[r]
             ds = _device.row_dot(g_r, x0[r], acc)
             s = dot[r]
             for n in range(features):
@@ -239,11 +240,12 @@ def vector_cross_backward(
     _check_backward(grad, x0, xl, w, b, dot)
     _device.check_launchable("x0", x0)
     dtype = _device.kernel_dtype(x0.dtype)
-    g_k, x0_k, xl_k, w_k, dot_k = _prepare(dtype, grad, x0, xl, w, dot)
+    x0_k, xl_k, w_k, dot_k = _prepare(dtype, x0, xl, w, dot)
     rows, features = x0_k.shape
     dx0 = torch.empty_like(x0_k)
     dxl = torch.empty_like(x0_k)
     if _device.is_cuda(x0):
+        (g_k,) = _prepare(dtype, grad)
         # Stage one adds into per-block partial rows, zeroed here; stage two sums them over blocks.
         partial_rows = cuda_partial_blocks(rows)
         dw_part = torch.zeros((partial_rows, features), dtype=dtype, device=x0.device)
@@ -254,6 +256,7 @@ def vector_cross_backward(
                 _launch_cuda_backward(*map(_device.as_numba_array, tensors), stream=stream)
         dw, db = dw_part.sum(0), db_part.sum(0)
     else:
+        g_k = _device.grad_rows(grad, 1, dtype)
         dw = torch.zeros((features,), dtype=dtype)
         db = torch.zeros((features,), dtype=dtype)
         if x0.numel() > 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+import torch
 from numba import njit
 
 from accel.kernels import _device
@@ -36,12 +37,10 @@ def fixed_order_sum(a, lanes):
     tail = a[blocks * w:]
     acc[:tail.size] = acc[:tail.size] + tail
     h = w // 2
-    while h >= 16:
+    while h >= 1:
         acc[:h] = acc[:h] + acc[h:2 * h]
         h //= 2
-    for v in acc[:min(w, 16)]:
-        total = add(total + v)
-    return total
+    return acc[0]
 
 
 @njit
@@ -120,6 +119,29 @@ def test_sigmoid_float64_is_the_libm_formula():
 
 def test_sigmoid_outside_jitted_code():
     assert _device.sigmoid_vec(0.5) == 1.0 / (1.0 + math.exp(-0.5))
+
+
+def test_grad_rows_of_a_dense_gradient():
+    grad = torch.arange(24.0).view(2, 3, 4)
+    rows = _device.grad_rows(grad, 1, torch.float32)
+    assert rows.shape == (6, 4) and rows.dtype == torch.float32
+    np.testing.assert_array_equal(rows.numpy(), np.arange(24.0).reshape(6, 4))
+    np.testing.assert_array_equal(_device.grad_rows(grad, 2, torch.float64).numpy(), np.arange(24.0).reshape(2, 12))
+
+
+def test_grad_rows_of_a_broadcast_gradient_is_one_row():
+    row = torch.tensor([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(_device.grad_rows(row.expand(5, 3), 1, torch.float32).numpy(), [[1.0, 2.0, 3.0]])
+    scalar = torch.tensor(0.5).expand(2, 3, 4)  # what out.sum().backward() passes on
+    np.testing.assert_array_equal(_device.grad_rows(scalar, 2, torch.float32).numpy(), np.full((1, 12), 0.5))
+    # Broadcast inside a row only: the rows differ, so all of them are materialised.
+    inner = torch.tensor([[1.0], [2.0]]).expand(2, 3)
+    np.testing.assert_array_equal(_device.grad_rows(inner, 1, torch.float32).numpy(), [[1.0] * 3, [2.0] * 3])
+
+
+def test_grad_rows_of_empty_gradients():
+    assert _device.grad_rows(torch.zeros(0, 4), 1, torch.float32).shape == (0, 4)
+    assert _device.grad_rows(torch.zeros(3, 0).expand(3, 0), 1, torch.float32).shape == (3, 0)
 
 
 def test_cpu_kernel_chunks():

@@ -137,6 +137,18 @@ def test_zero_variance_with_zero_eps_gives_nan_as_torch():
     assert torch.isnan(x * torch.sigmoid(torch.nn.functional.layer_norm(x, (4,), eps=0.0))).all()
 
 
+@pytest.mark.parametrize("broadcast", ["row", "scalar"])
+def test_backward_with_a_gradient_broadcast_along_the_rows(broadcast):
+    x_np, gamma_np, beta_np, g_np = make((3, 4, 300), (300,), 71)
+    g_row = g_np[0, 0] if broadcast == "row" else np.full(300, 0.75)
+    x, gamma, beta = (torch.tensor(a, requires_grad=True) for a in (x_np, gamma_np, beta_np))
+    grad = torch.tensor(g_row).expand(3, 4, 300)  # strides (0, 0, 1): one row, repeated
+    swish_layernorm(x, gamma, beta).backward(grad)
+    want = backward_reference(x_np, gamma_np, beta_np, np.broadcast_to(g_row, (3, 4, 300)))
+    for got, expected in zip((x.grad, gamma.grad, beta.grad), want):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-11, atol=1e-11 * np.abs(expected).max())
+
+
 def test_results_are_bitwise_identical_run_to_run():
     x_np, gamma_np, beta_np, g_np = make((64, 700), (700,), 51)
     runs = []

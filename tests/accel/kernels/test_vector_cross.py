@@ -84,6 +84,15 @@ def test_backward_matches_chain_rule(dtype, rows, cols):
         np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=atol)
 
 
+def test_backward_with_a_gradient_broadcast_along_the_rows():
+    x0_np, xl_np, w_np, b_np, g_np = make(6, 300, 64)
+    x0, xl, w, b = (torch.tensor(a, requires_grad=True) for a in (x0_np, xl_np, w_np, b_np))
+    vector_cross_layer(x0, xl, w, b).backward(torch.tensor(g_np[0]).expand(6, 300))
+    want = backward_reference(x0_np, xl_np, w_np, np.broadcast_to(g_np[0], (6, 300)))
+    for got, expected in zip((x0.grad, xl.grad, w.grad, b.grad), want):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
 def test_results_are_bitwise_identical_run_to_run():
     x0_np, xl_np, w_np, b_np, g_np = make(64, 700, 62)
     runs = []

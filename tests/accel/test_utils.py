@@ -146,3 +146,79 @@ def test_convert_count_mismatch_names_the_sizes():
 def test_convert_non_iterable_level():
     with pytest.raises(TypeError, match=r"modules: expected an iterable of 2 modules \(sizes=\(2,\)\), got ReLU"):
         convert_list_of_modules_to_modulelist([nn.ReLU()], (1, 2))
+
+
+# --- construct_jagged_tensors(_inference) -----------------------------------------------------------------
+from accel.modules.utils import construct_jagged_tensors, construct_jagged_tensors_inference  # noqa: E402
+from accel.sparse import KeyedJaggedTensor  # noqa: E402
+
+
+def _sequence_case():
+    # keys a, b (B = 3): a = [[0, 1], [], [2]], b = [[3], [4, 5], []]; embedding row j = [j, 10 j].
+    kjt = KeyedJaggedTensor(["a", "b"], torch.tensor([7, 8, 9, 1, 2, 3]), lengths=torch.tensor([2, 0, 1, 1, 2, 0]))
+    rows = torch.stack([torch.arange(6.0), 10 * torch.arange(6.0)], dim=1)
+    return kjt, rows
+
+
+def test_construct_jagged_tensors_splits_rows_by_key():
+    kjt, rows = _sequence_case()
+    out = construct_jagged_tensors(rows, kjt, ["a", "b"], need_indices=True)
+    assert list(out) == ["a", "b"]
+    assert out["a"].values().tolist() == [[0.0, 0.0], [1.0, 10.0], [2.0, 20.0]]
+    assert out["a"].lengths().tolist() == [2, 0, 1] and out["a"].weights().tolist() == [7, 8, 9]
+    assert out["b"].values()[:, 0].tolist() == [3.0, 4.0, 5.0] and out["b"].lengths().tolist() == [1, 2, 0]
+    assert construct_jagged_tensors(rows, kjt, ["a", "b"])["b"].weights_or_none() is None
+
+
+def test_construct_jagged_tensors_reverse_indices_and_column_shards():
+    kjt = KeyedJaggedTensor(["a", "a2"], torch.tensor([5, 6, 5, 6]), lengths=torch.tensor([2, 0, 2, 0]))
+    rows = torch.arange(8.0).view(4, 2)
+    # One name twice: column shards of one feature, side by side (in permuted order when asked).
+    out = construct_jagged_tensors(rows, kjt, ["e", "e"])
+    assert out["e"].values().tolist() == [[0.0, 1.0, 4.0, 5.0], [2.0, 3.0, 6.0, 7.0]]
+    permuted = construct_jagged_tensors(rows, kjt, ["e", "e"], features_to_permute_indices={"e": [1, 0]})
+    assert permuted["e"].values().tolist() == [[4.0, 5.0, 0.0, 1.0], [6.0, 7.0, 2.0, 3.0]]
+    # reverse_indices expands deduplicated rows: E = rows[reverse_indices].
+    dedup = torch.tensor([[1.0, 1.0], [2.0, 2.0]])
+    expanded = construct_jagged_tensors(dedup, kjt, ["x", "y"], reverse_indices=torch.tensor([0, 1, 1, 0]))
+    assert expanded["x"].values().tolist() == [[1.0, 1.0], [2.0, 2.0]]
+    assert expanded["y"].values().tolist() == [[2.0, 2.0], [1.0, 1.0]]
+
+
+def test_construct_jagged_tensors_original_features_replace_features():
+    kjt, rows = _sequence_case()
+    other = KeyedJaggedTensor(["z"], torch.tensor([1]), lengths=torch.tensor([1]))
+    out = construct_jagged_tensors(rows, other, ["a", "b"], original_features=kjt)
+    assert out["b"].lengths().tolist() == [1, 2, 0]
+
+
+def test_construct_jagged_tensors_errors():
+    kjt, rows = _sequence_case()
+    with pytest.raises(ValueError, match=r"embedding_names expected one name per feature \(2\), got 1"):
+        construct_jagged_tensors(rows, kjt, ["a"])
+    with pytest.raises(ValueError, match=r"embeddings expected shape \(6, D\) \(one row per id\), got \(5, 2\)"):
+        construct_jagged_tensors(rows[:5], kjt, ["a", "b"])
+    with pytest.raises(IndexError, match=r"reverse_indices expected row numbers in \[0, 6\), got 6 at position 0"):
+        construct_jagged_tensors(rows, kjt, ["a", "b"], reverse_indices=torch.tensor([6, 0, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"features_to_permute_indices\['e'\] expected a permutation of \[0, 1\]"):
+        construct_jagged_tensors(rows, kjt, ["e", "e"], features_to_permute_indices={"e": [0, 0]})
+    uneven = KeyedJaggedTensor(["a", "b"], torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 0, 1, 1]))
+    with pytest.raises(ValueError, match=r"embedding name 'e' expected its features to hold the same number of ids \(1\), got 2"):
+        construct_jagged_tensors(rows[:3], uneven, ["e", "e"])
+    with pytest.raises(NotImplementedError, match="seq_vbe_ctx expected None"):
+        construct_jagged_tensors(rows, kjt, ["a", "b"], seq_vbe_ctx=object())
+
+
+def test_construct_jagged_tensors_inference_with_two_dimensional_lengths():
+    lengths = torch.tensor([[2, 0], [1, 1]])
+    rows = torch.arange(10.0).view(5, 2)  # one padding row past the 4 ids
+    values = torch.tensor([3, 4, 5, 6])
+    out = construct_jagged_tensors_inference(rows, lengths, values, ["a", "b"], need_indices=True, remove_padding=True)
+    assert out["a"].values().tolist() == [[0.0, 1.0], [2.0, 3.0]] and out["a"].weights().tolist() == [3, 4]
+    assert out["b"].values().tolist() == [[4.0, 5.0], [6.0, 7.0]] and out["b"].lengths().tolist() == [1, 1]
+    with pytest.raises(ValueError, match=r"embeddings expected shape \(4, D\)"):
+        construct_jagged_tensors_inference(rows, lengths, values, ["a", "b"])
+    with pytest.raises(ValueError, match="lengths expected a 2-D \\(F, B\\) tensor"):
+        construct_jagged_tensors_inference(rows, lengths.view(-1), values, ["a", "b"])
+    empty = construct_jagged_tensors_inference(torch.empty(0, 2), torch.zeros(1, 0, dtype=torch.int64), torch.empty(0), ["a"])
+    assert tuple(empty["a"].values().shape) == (0, 2) and empty["a"].lengths().numel() == 0

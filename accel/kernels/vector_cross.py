@@ -98,6 +98,37 @@ def _vc_backward_cpu(g, x0, xl, w, dot, dx0, dxl, dw, db, chunks):
             db[n] += db_c[n]
 
 
+@_device.cpu_jit(parallel=True)
+def _vc_first_backward_cpu(g, x, w, dot, dx, dw, db, chunks):
+    # The first layer, x_l = x_0 = x: dx = dx_0 + dx_l written in one sweep, where autograd would add two
+    # (B, N) gradients. Otherwise _vc_backward_cpu's structure with x as both inputs (g may be one row).
+    rows, features = x.shape
+    partial = np.empty((chunks, 2, features), x.dtype)
+    for c in prange(chunks):
+        acc = np.empty(_device.CPU_SUM_LANES, x.dtype)
+        dw_c, db_c = partial[c, 0], partial[c, 1]
+        for n in range(features):
+            dw_c[n] = 0
+            db_c[n] = 0
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            g_r, x_r, dx_r = g[r if g.shape[0] > 1 else 0], x[r], dx[r]
+            ds = _device.row_dot(g_r, x_r, acc)
+            s = dot[r]
+            for n in range(features):
+                dx0_n, dxl_n = _vc_input_grads(g_r[n], s, ds, w[n])
+                dx_r[n] = dx0_n + dxl_n
+                dw_c[n] += ds * x_r[n]
+                db_c[n] += g_r[n]
+    for n in range(features):
+        dw[n] = partial[0, 0, n]
+        db[n] = partial[0, 1, n]
+    for c in range(1, chunks):
+        dw_c, db_c = partial[c, 0], partial[c, 1]
+        for n in range(features):
+            dw[n] += dw_c[n]
+            db[n] += db_c[n]
+
+
 def _vc_forward_cuda(x0, xl, w, b, out, dot):
     # One thread block per row, threads strided over the row's N features: a block reduction for s, then
     # every thread writes its features of the output.
@@ -265,6 +296,33 @@ def vector_cross_backward(
     return tuple(t.to(x0.dtype) for t in (dx0, dxl, dw, db))
 
 
+def vector_cross_first_backward(
+    grad: Tensor, x0: Tensor, w: Tensor, b: Tensor, dot: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx_0, dw, db) of the first layer x_1 = x_0 (x_0 . w) + b + x_0, where x_l is x_0 itself: the gradient
+    is dx_0 + dx_l = g s + g + ds w, and dw, db are vector_cross_backward's.
+
+    Shapes: grad, x0 (B, N); w, b (N,); dot (B,) -> dx0 (B, N), dw, db (N,), in x0's dtype.
+    """
+    _check_backward(grad, x0, x0, w, b, dot)
+    _device.check_launchable("x0", x0)
+    if _device.is_cuda(x0):
+        # The CUDA kernel writes the two gradients; their sum is one more elementwise pass.
+        dx0, dxl, dw, db = vector_cross_backward(grad, x0, x0, w, b, dot)
+        return dx0 + dxl, dw, db
+    dtype = _device.kernel_dtype(x0.dtype)
+    x0_k, w_k, dot_k = _prepare(dtype, x0, w, dot)
+    rows, features = x0_k.shape
+    g_k = _device.grad_rows(grad, 1, dtype)
+    dx0 = torch.empty_like(x0_k)
+    dw = torch.zeros((features,), dtype=dtype)
+    db = torch.zeros((features,), dtype=dtype)
+    if x0.numel() > 0:
+        tensors = (g_k, x0_k, w_k, dot_k, dx0, dw, db)
+        _vc_first_backward_cpu(*(t.numpy() for t in tensors), _device.cpu_kernel_chunks(rows))
+    return tuple(t.to(x0.dtype) for t in (dx0, dw, db))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Torch binding
 # ---------------------------------------------------------------------------------------------------------
@@ -294,9 +352,24 @@ def _(grad: Tensor, x0: Tensor, xl: Tensor, w: Tensor, b: Tensor, dot: Tensor):
     return torch.empty_like(x0), torch.empty_like(x0), torch.empty_like(w), torch.empty_like(b)
 
 
+@torch.library.custom_op("recspec::vector_cross_first_layer_backward", mutates_args=())
+def _vector_cross_first_backward_op(
+    grad: Tensor, x0: Tensor, w: Tensor, b: Tensor, dot: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return vector_cross_first_backward(grad, x0, w, b, dot)
+
+
+@_vector_cross_first_backward_op.register_fake
+def _(grad: Tensor, x0: Tensor, w: Tensor, b: Tensor, dot: Tensor):
+    _check_backward(grad, x0, x0, w, b, dot)
+    return torch.empty_like(x0), torch.empty_like(w), torch.empty_like(b)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     x0, xl, w, b = inputs
     _, dot = output
+    # The same tensor as x_0 and x_l (VectorCrossNet's first layer): one gradient for both, see _backward.
+    ctx.first_layer = x0 is xl
     ctx.save_for_backward(x0, xl, w, b, dot)
     # s is saved for the backward, not an output users differentiate through.
     ctx.mark_non_differentiable(dot)
@@ -304,6 +377,11 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out, _grad_dot):
     x0, xl, w, b, dot = ctx.saved_tensors
+    if ctx.first_layer:
+        # dx_0 + dx_l as one tensor on the x_0 edge and nothing on the x_l edge: autograd adds the two edges
+        # into the same tensor anyway, and this saves writing a second (B, N) gradient and that addition.
+        dx, dw, db = _vector_cross_first_backward_op(grad_out, x0, w, b, dot)
+        return dx, None, dw, db
     return _vector_cross_backward_op(grad_out, x0, xl, w, b, dot)
 
 
@@ -316,7 +394,8 @@ def vector_cross_layer(x0: Tensor, xl: Tensor, w: Tensor, b: Tensor) -> Tensor:
     Shapes: x0, xl (B, N); w, b (N,) (a TorchRec kernel or bias of shape (N, 1) viewed as (N,)) -> (B, N).
     All four share one dtype and device. float32/float64 run natively, accumulating in that dtype;
     float16/bfloat16 are computed in float32 and the result cast back. Differentiable in every argument
-    through the `recspec::vector_cross_layer_backward` kernel.
+    through the `recspec::vector_cross_layer_backward` kernel, or `recspec::vector_cross_first_layer_backward`
+    when x0 and xl are the same tensor.
     """
     # Checked here too so that a non-tensor gets this module's TypeError, not the dispatcher's schema error.
     _check_inputs(x0, xl, w, b)

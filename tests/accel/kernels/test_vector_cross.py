@@ -114,6 +114,31 @@ def test_same_tensor_as_x0_and_xl():
     np.testing.assert_allclose(x.grad.numpy(), dx0 + dxl, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_first_layer_gradients(dtype, broadcast):
+    # x0 is xl: the fused first-layer backward gives dx_0 + dx_l and the parameter gradients.
+    x_np, _, w_np, b_np, g_np = make(7, 300, 63)
+    if broadcast:
+        g_np = np.broadcast_to(g_np[0], g_np.shape)
+    x, w, b = (torch.tensor(a, dtype=dtype, requires_grad=True) for a in (x_np, w_np, b_np))
+    grad = torch.tensor(g_np[0], dtype=dtype).expand(7, 300) if broadcast else torch.tensor(g_np, dtype=dtype)
+    vector_cross_layer(x, x, w, b).backward(grad)
+    dx0, dxl, dw, db = backward_reference(x_np, x_np, w_np, g_np)
+    for got, want in ((x.grad, dx0 + dxl), (w.grad, dw), (b.grad, db)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=tolerance(dtype, 307, np.abs(want).max() + 1.0))
+
+
+def test_first_layer_backward_op_matches_the_two_input_backward():
+    x, _, w, b, g = (torch.tensor(a) for a in make(5, 40, 65))
+    _, dot = torch.ops.recspec.vector_cross_layer(x, x, w, b)
+    dx, dw, db = torch.ops.recspec.vector_cross_first_layer_backward(g, x, w, b, dot)
+    dx0, dxl, dw2, db2 = torch.ops.recspec.vector_cross_layer_backward(g, x, x, w, b, dot)
+    np.testing.assert_allclose(dx.numpy(), (dx0 + dxl).numpy(), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dw.numpy(), dw2.numpy(), rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(db.numpy(), db2.numpy())
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_computed_in_float32(dtype):
     x0, xl, w, b, _ = (torch.tensor(a, dtype=dtype, requires_grad=True) for a in make(3, 8, 71))
@@ -129,6 +154,8 @@ def test_half_inputs_computed_in_float32(dtype):
 def test_gradcheck_float64():
     args = tuple(torch.tensor(a, requires_grad=True) for a in make(3, 4, 81)[:4])
     assert torch.autograd.gradcheck(vector_cross_layer, args)
+    x, _, w, b = args
+    assert torch.autograd.gradcheck(lambda x, w, b: vector_cross_layer(x, x, w, b), (x, w, b))
 
 
 def test_opcheck_forward_and_backward():
@@ -136,6 +163,8 @@ def test_opcheck_forward_and_backward():
     torch.library.opcheck(torch.ops.recspec.vector_cross_layer.default, (x0, xl, w, b))
     _, dot = torch.ops.recspec.vector_cross_layer(x0, xl, w, b)
     torch.library.opcheck(torch.ops.recspec.vector_cross_layer_backward.default, (g, x0, xl, w, b, dot))
+    _, dot0 = torch.ops.recspec.vector_cross_layer(x0, x0, w, b)
+    torch.library.opcheck(torch.ops.recspec.vector_cross_first_layer_backward.default, (g, x0, w, b, dot0))
 
 
 def test_rejects_wrong_rank_and_shapes():

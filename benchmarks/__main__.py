@@ -75,7 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         warmup_calls=plan.warmup, max_timed_calls=plan.reps, min_timed_calls=plan.min_reps,
         budget_s_per_measurement=plan.budget_s, rounds=plan.rounds, pause_s_before_block=plan.pause_s,
         forward="under torch.no_grad()",
-        forward_backward="out.sum().backward(), inputs and parameters require grad",
+        forward_backward="out.backward(ones) (the gradient of out.sum(), made once), inputs and "
+                         "parameters require grad; refimpl: forward then backward(ones)",
         load_column="1-minute load average after the case; the sweep itself adds up to torch_threads",
         others_column="CPU share other programs used in a probe just before the case",
         quiet_wait_s=args.quiet_wait,

@@ -102,8 +102,13 @@ class TorchProvider:
             with torch.no_grad():
                 return call(tensors)
 
+        # d(out.sum())/d(out), made once and contiguous as a downstream layer's gradient would be
+        # (`out.sum().backward()` would hand the backward a stride-0 view and time the sum too).
+        with torch.no_grad():
+            grad_out = torch.ones_like(call(tensors)).contiguous()
+
         def forward_backward() -> None:
-            call(leaves).sum().backward()
+            call(leaves).backward(grad_out)
 
         def before_backward() -> None:
             for t in leaves + params:
@@ -141,9 +146,11 @@ class RefimplProvider:
         def forward() -> np.ndarray:
             return module(arrays) if case.list_input else module(arrays[0])
 
+        grad_out = np.ones_like(forward())
+
         def forward_backward() -> None:
-            out = forward()
-            module.backward(np.ones_like(out))
+            forward()
+            module.backward(grad_out)
 
         return Prepared(
             forward, forward_backward, None, lambda: None,

@@ -55,7 +55,7 @@ def accumulation_dtype(dtype: Any) -> np.dtype:
 def pooled_embedding(
     W: Array, ids: Array, offsets: Array, weights: Optional[Array] = None, mode: str = "SUM", acc_dtype: Any = None
 ) -> Array:
-    """e_b = sum_{j in bag b} w_j W[i_j] (SUM),  e_b = (1 / L_b) sum_{j in bag b} w_j W[i_j] (MEAN);  e_b = 0 for an empty bag
+    """e_b = sum_{j in bag b} w_j W[i_j] (SUM),  e_b = (1 / L_b) sum_{j in bag b} w_j W[i_j] (MEAN),  0 for L_b = 0
 
     Shapes: W (rows, D); ids (n,); offsets (B + 1,), bag b = ids[offsets[b] : offsets[b + 1]] of
     length L_b; weights (n,) or None (w_j = 1) -> e (B, D) in acc_dtype (accumulation_dtype(W)).
@@ -134,7 +134,9 @@ def get_embedding_names_by_table(tables: Sequence[Any]) -> List[List[str]]:
     ]
 
 
-def reorder_inverse_indices(inverse_indices: Optional[Tuple[Sequence[str], Any]], feature_names: Sequence[str]) -> Array:
+def reorder_inverse_indices(
+    inverse_indices: Optional[Tuple[Sequence[str], Any]], feature_names: Sequence[str]
+) -> Array:
     """out[k] = idx[keys.index(feature_names[k] before any '@')];  None -> an empty array
     Shapes: inverse_indices = (keys (F_in,), idx (F_in, B)) -> (len(feature_names), B).
     Source: semantics.md 7.4."""
@@ -311,6 +313,7 @@ class _TableCollection(Module):
     def __init__(self, tables: Any, dtype: Any, rng: Optional[np.random.Generator]) -> None:
         super().__init__(dtype)
         self._tables = _check_tables(tables, self._who)
+        self._check_collection(self._tables)  # every check before the configs are touched
         self._rng = np.random.default_rng() if rng is None else rng
         self._acc = accumulation_dtype(self.dtype)
         for config in self._tables:
@@ -326,6 +329,9 @@ class _TableCollection(Module):
         self._bags: Optional[List[_Bag]] = None
         self._input: Optional[KeyedJaggedTensor] = None
 
+    def _check_collection(self, tables: List[Any]) -> None:
+        """Checks of one kind of collection on top of _check_tables."""
+
     def _key(self, t: int) -> str:
         return f"{self._prefix}.{self._tables[t].name}.weight"
 
@@ -333,7 +339,8 @@ class _TableCollection(Module):
         """W_t ~ N(0, 1): the table as created, before its init (nn.Embedding(Bag)'s draw in TorchRec)."""
         config = self._tables[t]
         shape = (config.num_embeddings, config.embedding_dim)
-        self.register_parameter(self._key(t), self._rng.standard_normal(shape).astype(table_dtype(config, self.dtype)))
+        W = self._rng.standard_normal(shape).astype(table_dtype(config, self.dtype))
+        self.register_parameter(self._key(t), W)
 
     def _init_table(self, t: int, rng: np.random.Generator) -> None:
         """W_t <- init_fn(W_t) when given (in place, or its returned array), else W_t ~ U(min, max)."""
@@ -412,16 +419,18 @@ class EmbeddingBagCollection(_TableCollection, EmbeddingBagCollectionInterface):
         rng: Optional[np.random.Generator] = None,
     ) -> None:
         super().__init__(tables, dtype, rng)
-        self._modes = []
-        for config in self._tables:
-            pooling = as_enum(PoolingType, config.pooling, f"{self._who}: table '{config.name}': pooling")
-            if pooling is PoolingType.NONE:
-                raise ValueError(f"{self._who}: table '{config.name}': pooling expected SUM or MEAN, got NONE")
-            self._modes.append(pooling.value)
         self._is_weighted = bool(is_weighted)
         for t in range(len(self._tables)):
             self._draw_normal(t)
         self.reset_parameters()
+
+    def _check_collection(self, tables: List[Any]) -> None:
+        self._modes: List[str] = []
+        for config in tables:
+            pooling = as_enum(PoolingType, config.pooling, f"{self._who}: table '{config.name}': pooling")
+            if pooling is PoolingType.NONE:
+                raise ValueError(f"{self._who}: table '{config.name}': pooling expected SUM or MEAN, got NONE")
+            self._modes.append(pooling.value)
 
     def is_weighted(self) -> bool:
         return self._is_weighted
@@ -468,7 +477,8 @@ class EmbeddingBagCollection(_TableCollection, EmbeddingBagCollectionInterface):
             weights = bag.weights if self._is_weighted else None
             W = self.parameter(self._key(slot.table))
             grad_e = G[:, slot.column : slot.column + slot.dim]
-            rows, grad_w = pooled_embedding_backward(grad_e, W, bag.ids, bag.offsets, weights, self._modes[slot.table])
+            mode = self._modes[slot.table]
+            rows, grad_w = pooled_embedding_backward(grad_e, W, bag.ids, bag.offsets, weights, mode)
             yield slot, bag, rows, grad_w
 
     def _weights_grad(self) -> Optional[Array]:
@@ -484,7 +494,8 @@ class EmbeddingBagCollection(_TableCollection, EmbeddingBagCollectionInterface):
         }
         grad_weights = self._weights_grad()
         for slot, bag, rows, grad_w in self._row_grads(grad_output):
-            grad_params[self._key(slot.table)] += embedding_rows_to_dense(bag.ids, rows, self._tables[slot.table].num_embeddings)
+            num_embeddings = self._tables[slot.table].num_embeddings
+            grad_params[self._key(slot.table)] += embedding_rows_to_dense(bag.ids, rows, num_embeddings)
             if grad_weights is not None:
                 grad_weights[bag.start : bag.start + bag.ids.shape[0]] += grad_w
         return grad_weights, grad_params
@@ -538,16 +549,6 @@ class EmbeddingCollection(_TableCollection, EmbeddingCollectionInterface):
         dtype: Any = np.float64,
         rng: Optional[np.random.Generator] = None,
     ) -> None:
-        _check_tables(tables, self._who)
-        if tables:
-            first = tables[0]
-            for config in tables:
-                if config.embedding_dim != first.embedding_dim:
-                    raise ValueError(
-                        f"{self._who}: All tables in a EmbeddingCollection are required to have same embedding "
-                        f"dimension; table '{config.name}' expected embedding_dim {first.embedding_dim} (that of "
-                        f"'{first.name}'), got {config.embedding_dim}"
-                    )
         super().__init__(tables, dtype, rng)
         self._need_indices = bool(need_indices)
         self._use_gather_select = use_gather_select
@@ -555,6 +556,15 @@ class EmbeddingCollection(_TableCollection, EmbeddingCollectionInterface):
         for t in range(len(self._tables)):
             self._draw_normal(t)
             self._init_table(t, self._rng)
+
+    def _check_collection(self, tables: List[Any]) -> None:
+        for config in tables:
+            if config.embedding_dim != tables[0].embedding_dim:
+                raise ValueError(
+                    f"{self._who}: All tables in a EmbeddingCollection are required to have same embedding "
+                    f"dimension; table '{config.name}' expected embedding_dim {tables[0].embedding_dim} (that of "
+                    f"'{tables[0].name}'), got {config.embedding_dim}"
+                )
 
     def need_indices(self) -> bool:
         return self._need_indices
@@ -626,7 +636,8 @@ class EmbeddingCollection(_TableCollection, EmbeddingCollectionInterface):
             for t, c in enumerate(self._tables)
         }
         for slot, bag, g in self._slot_grads(grad_output):
-            grad_params[self._key(slot.table)] += embedding_rows_to_dense(bag.ids, g, self._tables[slot.table].num_embeddings)
+            num_embeddings = self._tables[slot.table].num_embeddings
+            grad_params[self._key(slot.table)] += embedding_rows_to_dense(bag.ids, g, num_embeddings)
         return None, grad_params
 
     def sparse_backward(self, grad_output: Mapping[str, Any]) -> Tuple[None, Dict[str, Tuple[Array, Array]]]:

@@ -79,7 +79,9 @@ class EmbeddingTowerCollection(Module):
 
     def __init__(self, towers: List[EmbeddingTower], device: Any = None) -> None:
         if isinstance(towers, (str, bytes)) or not isinstance(towers, (list, tuple)):
-            raise TypeError(f"EmbeddingTowerCollection: towers expected a list of EmbeddingTower, got {type(towers).__name__}")
+            raise TypeError(
+                f"EmbeddingTowerCollection: towers expected a list of EmbeddingTower, got {type(towers).__name__}"
+            )
         for i, tower in enumerate(towers):
             if not isinstance(tower, EmbeddingTower):
                 raise TypeError(
@@ -122,7 +124,9 @@ class EmbeddingTowerCollection(Module):
         g = as_numpy(grad_output)
         total = sum(self._widths)
         if g.ndim != 2 or g.shape[1] != total:
-            raise ValueError(f"EmbeddingTowerCollection.backward: grad_output expected shape (B, {total}), got {g.shape}")
+            raise ValueError(
+                f"EmbeddingTowerCollection.backward: grad_output expected shape (B, {total}), got {g.shape}"
+            )
         sums: List[Optional[Array]] = [None, None]
         grad_params: Dict[str, Array] = {}
         start = 0

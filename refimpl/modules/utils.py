@@ -141,9 +141,10 @@ def jagged_outputs(
     features_to_permute_indices: Optional[Dict[str, List[int]]],
     who: str,
 ) -> Dict[str, JaggedTensor]:
-    """out[name] = JaggedTensor(values = [E_{k_1} | E_{k_2} | ...], lengths = lengths[k_1], weights = ids_{k_1} if need_indices)
+    """out[name] = JaggedTensor(values = [E_{k_1} | E_{k_2} | ...], lengths = lengths[k_1], weights = ids_{k_1})
     with E_k the rows of key k (embeddings split by L_k = sum_b lengths[k, b]) and k_1, k_2, ... the
-    keys named `name` (several for column-wise shards, joined along dimension 1).
+    keys named `name` (several for column-wise shards, joined along dimension 1); weights only when
+    need_indices.
     Shapes: embeddings (sum_k L_k, D); lengths (F, B); values (sum_k L_k,) ids -> {name: JaggedTensor}.
     Source: semantics.md 10."""
     F = lengths.shape[0]
@@ -212,7 +213,9 @@ def construct_jagged_tensors(
     F = len(features.keys())
     lengths = as_numpy(features.lengths()).reshape(F, int(features.stride()) if F else 0)
     values = as_numpy(features.values()) if need_indices else None
-    return jagged_outputs(embeddings, lengths, values, embedding_names, need_indices, features_to_permute_indices, who)
+    return jagged_outputs(
+        embeddings, lengths, values, embedding_names, need_indices, features_to_permute_indices, who
+    )
 
 
 def construct_jagged_tensors_inference(
@@ -239,4 +242,6 @@ def construct_jagged_tensors_inference(
     elif remove_padding:
         embeddings = embeddings[: int(lengths.sum())]
     values = None if values is None else as_numpy(values)
-    return jagged_outputs(embeddings, lengths, values, embedding_names, need_indices, features_to_permute_indices, who)
+    return jagged_outputs(
+        embeddings, lengths, values, embedding_names, need_indices, features_to_permute_indices, who
+    )

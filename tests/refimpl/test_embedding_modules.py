@@ -285,8 +285,10 @@ def test_configuration_errors():
     t = EmbeddingBagConfig(4, 2, name="t", feature_names=["f"])
     with pytest.raises(ValueError, match=r"Duplicate table name 't' \(tables\[0\] and tables\[1\]\)"):
         EmbeddingBagCollection([t, EmbeddingBagConfig(4, 2, name="t")])
+    untouched = EmbeddingBagConfig(4, 2, name="a")
     with pytest.raises(ValueError, match="table 'n': pooling expected SUM or MEAN, got NONE"):
-        EmbeddingBagCollection([EmbeddingBagConfig(4, 2, name="n", pooling=PoolingType.NONE)])
+        EmbeddingBagCollection([untouched, EmbeddingBagConfig(4, 2, name="n", pooling=PoolingType.NONE)])
+    assert untouched.feature_names == []  # a rejected collection leaves its configs as they were
     with pytest.raises(ValueError, match="table 'z': embedding_dim expected a positive int, got 0"):
         EmbeddingBagCollection([EmbeddingBagConfig(4, 0, name="z")])
     with pytest.raises(ValueError, match=r"table 'd': feature_names expected unique names, got 'f' 2 times"):

@@ -1,5 +1,5 @@
 """Launch plumbing shared by accel's kernel families: where a tensor lives, zero-copy views, the CUDA stream,
-and the CPU numerics (compile options, a vectorisable exp, fixed-order row sums) the @njit kernels build on.
+and the CPU numerics (compile options, a vectorisable sigmoid, fixed-order row sums) the @njit kernels use.
 
 Kernels run in float32 or float64; float16/bfloat16 inputs are upcast to float32 by the launchers and the
 results cast back (`kernel_dtype`). `numba.cuda` is imported on the first CUDA launch only (`cuda_module`),
@@ -174,8 +174,8 @@ def check_launchable(name: str, t: torch.Tensor) -> None:
 # CPU numerics
 # ---------------------------------------------------------------------------------------------------------
 
-# Options of every CPU kernel and helper. fastmath allows FMA contraction and ignores the sign of zero, but
-# never "reassoc": LLVM then keeps each sum in the order the code writes it, so results are bitwise the same
+# Options of every CPU kernel and helper. fastmath allows FMA contraction, a reciprocal for a division and
+# ignoring the sign of zero, but never "reassoc": LLVM then keeps each sum in the order the code writes it, so results are bitwise the same
 # run to run (the row sums below get their vector width from a fixed lane order instead; per-row results
 # do not even depend on the thread count, column sums over rows add one partial per thread in a fixed
 # order). error_model="numpy" makes x / 0 give inf or nan instead of raising: the ZeroDivisionError branch
@@ -224,7 +224,11 @@ def cpu_kernel_chunks(rows: int) -> int:
 def sigmoid_vec(z):
     """sigmoid(z) = 1 / (1 + e^-z). Jitted code gets a branch-free float32 version LLVM can vectorise (Numba
     has no vector exp without SVML, which pip's llvmlite lacks); float64 uses libm's exp."""
-    return 1.0 / (1.0 + math.exp(-z))
+    # Plain Python raises on exp overflow: evaluate on the side where it cannot overflow.
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def _sigmoid_float32(z):

@@ -6,7 +6,8 @@ s_b = x_l,b . w and ds_b = sum_n g_bn x_0,bn:
 
 Three layers, in this order: kernels (CPU @njit over rows, CUDA numba.cuda.jit), launchers and the torch
 binding (`recspec::vector_cross_layer`). The forward returns s per row, which the backward reuses for dx_0
-instead of recomputing the dot product.
+instead of recomputing the dot product. When x_0 and x_l are one tensor (VectorCrossNet's first layer) the
+backward returns dx_0 + dx_l as one gradient (`recspec::vector_cross_first_layer_backward`).
 """
 
 from __future__ import annotations

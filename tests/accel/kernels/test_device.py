@@ -119,6 +119,7 @@ def test_sigmoid_float64_is_the_libm_formula():
 
 def test_sigmoid_outside_jitted_code():
     assert _device.sigmoid_vec(0.5) == 1.0 / (1.0 + math.exp(-0.5))
+    assert _device.sigmoid_vec(-1000.0) == 0.0 and _device.sigmoid_vec(1000.0) == 1.0
 
 
 def test_grad_rows_of_a_dense_gradient():

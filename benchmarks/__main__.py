@@ -8,6 +8,7 @@ import sys
 import time
 from typing import List, Optional
 
+import numba
 import torch
 
 from benchmarks import machine, report
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     dense.add_argument("--anchor", default="auto", choices=("auto", "torchrec", "transcription"))
     dense.add_argument("--cases", default=None, help="comma list of case names (default: all)")
     dense.add_argument("--no-refimpl", action="store_true", help="skip the NumPy provider")
+    dense.add_argument("--threads", type=int, default=None,
+                       help="torch and Numba threads (default: theirs); set OPENBLAS_NUM_THREADS "
+                            "in the environment for refimpl's NumPy")
     dense.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
                        help="before each case, wait up to this long for other programs to idle")
     dense.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
@@ -63,6 +67,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if "cuda" in devices and not torch.cuda.is_available():
         raise ValueError("--devices: cuda requested, but torch.cuda.is_available() is False")
+    if args.threads is not None:
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"--threads: expected 1..{numba.config.NUMBA_NUM_THREADS}, got {args.threads}")
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
         if args.reps < 1:

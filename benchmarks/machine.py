@@ -93,7 +93,7 @@ def describe() -> Dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "numpy": numpy.__version__,
         "numba": numba.__version__,
-        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "numba_threads": numba.get_num_threads(),
         "torchrec": _installed_version("torchrec"),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "recspec": source_revision(),

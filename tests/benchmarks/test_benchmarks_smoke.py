@@ -94,6 +94,8 @@ def test_cli_rejects_unknown_case_and_bad_batch():
         main(["dense", "--tiny", "--batch", "0"])
     with pytest.raises(ValueError, match="--reps: expected a positive number of timed calls, got 0"):
         main(["dense", "--tiny", "--reps", "0"])
+    with pytest.raises(ValueError, match=r"--threads: expected 1\.\.\d+, got 0"):
+        main(["dense", "--tiny", "--threads", "0"])
 
 
 def test_anchor_provider_rejects_unknown_choice():

@@ -13,8 +13,8 @@ from accel.kernels.fm import fm_interaction
 def flatten_embeddings(embeddings: List[torch.Tensor]) -> torch.Tensor:
     """flat = [e_0.flatten(1) | e_1.flatten(1) | ...]: each (B, ...) row-major after dim 0, in list order.
 
-    Shapes: embeddings[i] (B, ...) -> (B, sum_i prod(e_i.shape[1:])). A single 2-D tensor is
-    returned as is (no copy).
+    Shapes: embeddings[i] (B, ...) -> (B, sum_i prod(e_i.shape[1:])). A single tensor is returned
+    as a view where its layout allows (flatten copies only a non-contiguous input).
     """
     if isinstance(embeddings, torch.Tensor) or not isinstance(embeddings, (list, tuple)):
         raise TypeError(f"embeddings must be a list of tensors, got {type(embeddings).__name__}")
@@ -32,8 +32,8 @@ def flatten_embeddings(embeddings: List[torch.Tensor]) -> torch.Tensor:
             raise ValueError(
                 f"embeddings[{i}] has batch size {e.shape[0]}, expected {batch_size} (that of embeddings[0])"
             )
-    if len(embeddings) == 1 and embeddings[0].dim() == 2:
-        return embeddings[0]
+    if len(embeddings) == 1:
+        return embeddings[0].flatten(1)
     return torch.cat([e.flatten(1) for e in embeddings], dim=1)
 
 

@@ -5,9 +5,9 @@ launchers' checks.
 Tables reach a kernel as two tuples of 2-D arrays indexed at run time, `wide` (float32, or float64 for the
 float64 tables gradcheck uses) and `half` (float16 and bfloat16 tables, both viewed as uint16 bits), plus two
 small arrays: `table_format[t]` (WIDE, F16, BF16) and `table_index[t]` (position in its tuple). Each tuple is
-padded to a power of two with a 1x1 dummy, so a collection of 26 tables compiles the kernels for 32 and a
-later one of 30 reuses them; a kernel has one compiled version per (wide length, half length) pair, all
-cached on disk. Measured on dlrm-small (26 float32 tables of 100k x 64, batch 2048), choosing the table costs
+padded to a power of two (at least 4) with a 1x1 dummy, so a collection of 26 tables compiles the kernels for
+32 and a later one of 30 reuses them; a kernel has one compiled version per (wide length, half length) pair,
+all cached on disk. Measured on dlrm-small (26 float32 tables of 100k x 64, batch 2048), choosing the table costs
 nothing visible: one run-time tuple index per (slot, chunk), none per row, and a call unboxes 32 arrays in
 about 20 us against a 15 ms lookup. The alternatives: one flat buffer would copy every table per call (the
 module owns separate parameters), raw addresses need an intrinsic per dtype that Numba's CUDA simulator cannot
@@ -302,9 +302,13 @@ class TableArgs:
     acc_dtype: torch.dtype
 
 
-def _padded(arrays: List[object], dummy: object) -> tuple:
-    # Power-of-two length (at least 1): few distinct tuple types, so few compiled kernel versions.
-    size = 1 << max(len(arrays) - 1, 0).bit_length()
+# Shortest tuple: collections of up to 4 tables in any mix of dtypes share one compiled kernel version.
+_MIN_TUPLE = 4
+
+
+def padded(arrays: List[object], dummy: object) -> tuple:
+    # Power-of-two length, at least _MIN_TUPLE: few distinct tuple types, so few compiled kernel versions.
+    size = max(_MIN_TUPLE, 1 << max(len(arrays) - 1, 0).bit_length())
     return tuple(arrays) + (dummy,) * (size - len(arrays))
 
 
@@ -334,8 +338,8 @@ def table_args(tables: Sequence[torch.Tensor], acc_dtype: torch.dtype, device: t
     dummy_wide = numba_view(torch.zeros((1, 1), dtype=acc_dtype, device=device))
     dummy_half = numba_view(torch.zeros((1, 1), dtype=torch.float16, device=device))
     return TableArgs(
-        wide=_padded(wide, dummy_wide),
-        half=_padded(half, dummy_half),
+        wide=padded(wide, dummy_wide),
+        half=padded(half, dummy_half),
         table_format=index_array(np.array(fmt, np.int64), device),
         table_index=index_array(np.array(index, np.int64), device),
         dims=np.array([w.shape[1] for w in tables], np.int64),

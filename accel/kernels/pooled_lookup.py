@@ -490,14 +490,15 @@ def _(weights, indices, offsets, slot_key, slot_table, slot_column, total_dim, b
 @torch.library.custom_op("recspec::pooled_lookup_fused_step", mutates_args=("weights", "state"))
 def _pooled_lookup_fused_step_op(grad: Tensor, weights: List[Tensor], indices: Tensor, offsets: Tensor,
                                  slot_key: Tensor, slot_table: Tensor, slot_column: Tensor, batch_size: int,
-                                 per_sample_weights: Optional[Tensor], mode: int, optimizer: str, lr: float,
+                                 per_sample_weights: Optional[Tensor], pooling: int, optimizer: str, lr: float,
                                  eps: float, state: List[Tensor], psw_grad: bool) -> Tensor:
+    # `pooling` is `mode` elsewhere: torch's functionalization of mutating ops has an argument named mode.
     return pooled_fused_step(grad, weights, indices, offsets, slot_key, slot_table, slot_column, batch_size,
-                             per_sample_weights, mode, optimizer, lr, eps, state, psw_grad)
+                             per_sample_weights, pooling, optimizer, lr, eps, state, psw_grad)
 
 
 @_pooled_lookup_fused_step_op.register_fake
-def _(grad, weights, indices, offsets, slot_key, slot_table, slot_column, batch_size, per_sample_weights, mode,
+def _(grad, weights, indices, offsets, slot_key, slot_table, slot_column, batch_size, per_sample_weights, pooling,
       optimizer, lr, eps, state, psw_grad):
     if psw_grad and per_sample_weights is not None:
         return torch.empty_like(per_sample_weights)

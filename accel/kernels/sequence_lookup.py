@@ -130,7 +130,7 @@ def _check_meta(weights, indices, offsets, slot_key, slot_table, batch_size):
     # Checks that read no tensor data (shared with the fake kernels).
     acc_dtype, device = _jagged.check_tables("weights", weights)
     dims = [w.shape[1] for w in weights]
-    if len(set(dims)) > 1:
+    if any(d != dims[0] for d in dims):
         raise ValueError(f"weights must all have the same embedding dim for a sequence lookup, got dims {dims}")
     _jagged.check_index("indices", indices, device)
     _jagged.check_index("offsets", offsets, device)

@@ -421,7 +421,7 @@ def _states(state: Sequence[Tensor], ndim: int, dtype: torch.dtype, device: torc
     # The state tensors of one rule as a padded tuple indexed by table; a 1-element dummy otherwise.
     chosen = [s for s in state if s.dim() == ndim]
     dummy = torch.zeros((1,) * ndim, dtype=dtype, device=device)
-    return _jagged._padded([_device.as_numba_array(s) for s in chosen], _device.as_numba_array(dummy))
+    return _jagged.padded([_device.as_numba_array(s) for s in chosen], _device.as_numba_array(dummy))
 
 
 def _key_groups(lookups: Lookups):

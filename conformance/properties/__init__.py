@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import List
 
-from conformance.properties import dense
+from conformance.properties import dense, embeddings
 from conformance.records import Build, Record
 
-RECORDS: List[Record] = list(dense.RECORDS)
-GOLDEN: List[Build] = list(dense.GOLDEN)
+RECORDS: List[Record] = list(dense.RECORDS) + list(embeddings.RECORDS)
+GOLDEN: List[Build] = list(dense.GOLDEN) + list(embeddings.GOLDEN)
 
 
 def modules() -> List[str]:

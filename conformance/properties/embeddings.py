@@ -81,6 +81,10 @@ RECORDS.append(discrepancy(
     "16 D12: num_embeddings_post_pruning; init_fn filled with partial(uniform_), so equal configs compare unequal",
     "D12"))
 
+FUSED_SPEC = ("issue 3 item 6, docs/embeddings.md: FBGEMM's EXACT_SGD / EXACT_ADAGRAD / EXACT_ROWWISE_ADAGRAD on the "
+              "touched rows, gradients of equal ids summed first: w -= lr g; G += g^2, w -= lr g / (sqrt(G) + eps); "
+              "G += mean(g^2), w -= lr g / (sqrt(G) + eps)")
+
 # --- EmbeddingBagCollection ----------------------------------------------------------------------
 EBC_SPEC = ("sem. 7.2: per (table, feature) slot, SUM: sum_j w_j W[i_j] (w = 1 unless is_weighted), MEAN: "
             "(1/L) sum_j W[i_j], empty bag -> zeros; KeyedTensor(keys = embedding names f or f@t, values "
@@ -105,6 +109,8 @@ RECORDS += [
     Record("EmbeddingBagCollection", "golden_accel[weighted]", "golden", "golden file "
            "EmbeddingBagCollection_weighted.npz", (), eg.check_golden_accel, EBC_SPEC, sides=("accel",),
            data=("EmbeddingBagCollection_weighted.npz",)),
+    *[Record("EmbeddingBagCollection", f"fused_{rule}_steps", "autograd", "jagged_small", (_mixed, _weighted),
+             ec.check_fused_steps, FUSED_SPEC, data=(rule,)) for rule in ("sgd", "adagrad", "rowwise_adagrad")],
     Record("EmbeddingBagCollection", "formula", "invariant", "jagged", tuple(_ebc_builds), ec.check_ebc_formula,
            EBC_SPEC + "; weighted MEAN = sum_j w_j W[i_j] / L (recspec, D34)"),
     Record("EmbeddingBagCollection", "empty_bag_zeros", "invariant", "jagged", (_mixed, _weighted_mean),
@@ -162,6 +168,8 @@ GOLDEN.append(_ec([_seq("t0", 7, 3, ("f0", "f1")), _seq("t1", 5, 3, ("f1",))], "
                   need_indices=True))
 RECORDS += standard("EmbeddingCollection", _ec_builds, [_ec_shared], _ec_builds, EC_SPEC, "EmbeddingCollection.npz")
 RECORDS += [
+    *[Record("EmbeddingCollection", f"fused_{rule}_steps", "autograd", "jagged_small", (_ec_shared,),
+             ec.check_fused_steps, FUSED_SPEC, data=(rule,)) for rule in ("sgd", "adagrad", "rowwise_adagrad")],
     Record("EmbeddingCollection", "rows_are_table_rows", "invariant", "jagged", tuple(_ec_builds), ec.check_ec_rows,
            EC_SPEC + "; duplicate ids give repeated rows; an all-empty feature gives values [0, D]"),
     Record("EmbeddingCollection", "key_order", "invariant", "jagged", (_ec_shared,), ec.check_key_order,

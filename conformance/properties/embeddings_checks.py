@@ -389,6 +389,58 @@ def check_init_bounds(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, count)
 
 
+# --- fused optimizer steps ----------------------------------------------------------------------
+STEPS = 3
+LR, EPS = 0.1, 1e-8
+
+
+def _ref_step(module: Any, build: Build, b: io.Batch, G: Dict[str, np.ndarray], rule: str, states: Any) -> Any:
+    """One refimpl training step: forward, row-sparse backward, refimpl.optim.sparse_step."""
+    from refimpl.optim import sparse_step
+
+    names, _ = io.run(module, build, b, "refimpl", F64)
+    grad_out = G["out"] if build.module == "EmbeddingBagCollection" else {n: G[f"values[{n}]"] for n in names}
+    _, row_grads = module.sparse_backward(grad_out)
+    return sparse_step(module, row_grads, rule, states, lr=LR, eps=EPS)
+
+
+def check_fused_steps(record: Record, ctx: Context) -> Outcome:
+    """STEPS training steps of accel's fused optimizer (optimizer=rule, lr, eps: the update applied
+    to the touched rows inside the backward) == refimpl's forward, row-sparse backward and
+    refimpl.optim.sparse_step, in float64: each step's output, then the tables and the optimizer
+    state after it; the tables never get a .grad."""
+    import torch
+
+    rule = record.data[0]
+    errors, count = Errors(), 0
+    for build in record.builds:
+        pair = io.make_pair(build, seed=ctx.seed, dtype=F64, package=ctx.against, device=ctx.device)
+        fused = io.construct(replace(build, kwargs=build.kwargs + (("optimizer", rule), ("lr", LR), ("eps", EPS))),
+                             ctx.against, seed=ctx.seed).to(device=ctx.device, dtype=torch.float64)
+        adapters.load_torch(fused, pair.state)
+        ref, states = pair.ref, None
+        tol = tolerances.gradient64(build.reduction)
+        for step in range(STEPS):
+            for name, b in case_list(record, build, ctx):
+                count += 1
+                label = f"{build.name}/step {step}/{name}"
+                _, arrays = io.run(ref, build, b, "refimpl", F64)
+                G = io.cotangents(arrays, generators.rng_for(ctx.seed, "cotangent", record.id, label))
+                got, grads = io.torch_gradients(fused, build, b, G, F64, ctx.device)
+                for out in io.differentiable(arrays):
+                    errors.add(label, out, got[out], arrays[out], tolerances.forward64(build.reduction))
+                states = _ref_step(ref, build, b, G, rule, states)
+                for key, value in fused.state_dict().items():
+                    errors.add(label, key, io._np(value), ref.state_dict()[key], tol)
+                for table_name, G_t in fused.optimizer_state().items():
+                    key = next(k for k in states if k.split(".")[1] == table_name)
+                    errors.add(label, f"optimizer state {table_name}", io._np(G_t), states[key], tol)
+                stray = [k for k, p in fused.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+                if stray:
+                    errors.fail(label, "table .grad", f"tables got dense gradients: {stray}", tol)
+    return Outcome.from_errors(errors, count, tolerances.gradient64(1))
+
+
 # --- errors --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class JaggedError:

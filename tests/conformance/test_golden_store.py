@@ -12,6 +12,9 @@ from conformance.runner import GOLDEN_DIR
 
 IN_SCOPE = {"SwishLayerNorm", "Perceptron", "MLP", "CrossNet", "LowRankCrossNet", "VectorCrossNet",
             "LowRankMixtureCrossNet", "FactorizationMachine", "DeepFM"}
+# Jagged inputs: int64 ids, lengths and stride next to the float64 arrays, outputs named output.<name>
+# (conformance.properties.embeddings_golden).
+JAGGED = {"EmbeddingBagCollection", "EmbeddingCollection", "PositionWeightedModule"}
 
 
 def test_committed_files_load_without_recspec_and_match_the_manifest():
@@ -19,14 +22,19 @@ def test_committed_files_load_without_recspec_and_match_the_manifest():
     manifest = json.loads((GOLDEN_DIR / "manifest.json").read_text())
     assert manifest["schema_version"] == 1 and manifest["generator"] == "conformance/golden/generate.py"
     assert manifest["numpy_version"] and manifest["dtype"] == "float64"
-    assert {entry["module"] for entry in manifest["files"].values()} == IN_SCOPE
+    assert {entry["module"] for entry in manifest["files"].values()} == IN_SCOPE | JAGGED
     for name, entry in manifest["files"].items():
         path = GOLDEN_DIR / name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], name
         with np.load(path, allow_pickle=False) as arrays:
             assert {k: list(arrays[k].shape) for k in arrays.files} == entry["shapes"]
-            assert all(arrays[k].dtype == np.float64 for k in arrays.files)
-            assert "output" in arrays.files and "grad_output" in arrays.files
+            if entry["module"] in JAGGED:
+                assert all(arrays[k].dtype in (np.float64, np.int64) for k in arrays.files)
+                assert any(k.startswith("output.") for k in arrays.files), name
+                assert any(k.startswith("grad_output.") for k in arrays.files), name
+            else:
+                assert all(arrays[k].dtype == np.float64 for k in arrays.files)
+                assert "output" in arrays.files and "grad_output" in arrays.files
         assert isinstance(entry["seed"], int) and entry["constructor"]["module"] == entry["module"]
 
 

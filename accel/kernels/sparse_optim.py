@@ -357,15 +357,17 @@ def _apply_rows_cuda(g, s_goff, s_coef, s_scale, s_occ, uniq_table, uniq_row, un
         return
     m = g.dtype.type(0)
     if rule == ROWWISE_ADAGRAD:
+        # Every thread reads the old G before the block sum, whose barriers order the reads before thread 0's
+        # write below.
+        G_old = state1[t][r]
         part = g.dtype.type(0)
         for d in range(tid, D, step):
             gd = _row_grad(g, s_goff, s_coef, a, e, d)
             part += gd * gd
         total = _block_sum(buf, part)
         if D > 0:
-            G = state1[t][r] + total / D
+            G = G_old + total / D
             m = rowwise_multiplier(G, lr, eps)
-            # Every thread has read the old G inside _block_sum's last barrier; only now is it replaced.
             if tid == 0:
                 state1[t][r] = G
     for d in range(tid, D, step):

@@ -53,7 +53,7 @@ def text_report(
               "|---|---|---|---|---|---|"]
     for v in verdicts:
         lines.append(f"| {v['case']} | {v['device']} | {v['target']} | {v['against']} | "
-                     f"{v['value']:.2f}x | {'met' if v['met'] else 'missed'} |")
+                     f"{v['value']:.2f}x | {v['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -275,7 +275,12 @@ def test_target_verdicts_compare_in_the_right_direction():
         _row("CrossNet", "accel", "accel", 10.5),  # 1.05x the GEMM: within 1.1x
         _row("FactorizationMachine", "anchor", "anchor", 10.0),
         _row("FactorizationMachine", "accel", "accel", 4.0),  # 2.5x: short of 3x
+        _row("MLP", "anchor", "anchor", 10.0),
+        _row("MLP", "accel", "accel", 10.2),  # 0.98x: a miss inside the noise band
     ]
-    v = evaluate_targets([cases["CrossNet"], cases["FactorizationMachine"]], rows)
-    assert [(x["case"], x["met"]) for x in v] == [("CrossNet", True), ("FactorizationMachine", False)]
+    v = evaluate_targets([cases["CrossNet"], cases["FactorizationMachine"], cases["MLP"]], rows)
+    assert [(x["case"], x["met"], x["verdict"]) for x in v] == [
+        ("CrossNet", True, "met"), ("FactorizationMachine", False, "missed"),
+        ("MLP", False, "missed, within noise"),
+    ]
     assert v[0]["value"] == pytest.approx(1.05) and v[1]["value"] == pytest.approx(2.5)

@@ -33,6 +33,7 @@ from torch import nn
 from accel.kernels import pooled_lookup as pooled_kernels
 from accel.kernels import sequence_lookup as sequence_kernels
 from accel.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from refimpl.modules.embedding_configs import check_tables
 from accel.sparse import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 from accel.validate import MissingKeyError, missing_key
 from refimpl import validate as spec
@@ -183,36 +184,6 @@ def table_dtype(config: Any) -> torch.dtype:
     if data_type == "BF16":
         return torch.bfloat16
     return torch.float16
-
-
-def _check_tables(tables: Any, who: str) -> List[Any]:
-    """A list of configs with unique, module-safe names and positive sizes (raised before any draw)."""
-    if isinstance(tables, (str, bytes)) or not isinstance(tables, (list, tuple)):
-        raise TypeError(f"{who}: tables expected a list of embedding configs, got {type(tables).__name__}")
-    names: Dict[str, int] = {}
-    for i, config in enumerate(tables):
-        name = getattr(config, "name", None)
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(
-                f"{who}: tables[{i}].name expected a non-empty str without '.' (a state_dict key part), got {name!r}"
-            )
-        if name in names:
-            raise ValueError(f"{who}: Duplicate table name '{name}' (tables[{names[name]}] and tables[{i}])")
-        names[name] = i
-        for field in ("num_embeddings", "embedding_dim"):
-            value = getattr(config, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{who}: table '{name}': {field} expected a positive int, got {value!r}")
-        features = list(config.feature_names)
-        for feature in features:
-            if not isinstance(feature, str):
-                raise TypeError(f"{who}: table '{name}': feature_names expected str entries, got {feature!r}")
-            if features.count(feature) > 1:
-                raise ValueError(
-                    f"{who}: table '{name}': feature_names expected unique names, got '{feature}' "
-                    f"{features.count(feature)} times"
-                )
-    return tables
 
 
 class FusedOptimizer(NamedTuple):
@@ -389,7 +360,7 @@ class EmbeddingBagCollection(EmbeddingBagCollectionInterface):
     ) -> None:
         super().__init__()
         who = "EmbeddingBagCollection"
-        _check_tables(tables, who)
+        check_tables(tables, who)
         for config in tables:
             if _enum_value(config.pooling) not in _MODE:
                 raise ValueError(
@@ -560,7 +531,7 @@ class EmbeddingCollection(EmbeddingCollectionInterface):
     ) -> None:
         super().__init__()
         who = "EmbeddingCollection"
-        _check_tables(tables, who)
+        check_tables(tables, who)
         dims = {config.embedding_dim for config in tables}
         if len(dims) > 1:
             first = tables[0]

@@ -288,3 +288,35 @@ def pooling_type_to_str(pooling_type: PoolingType) -> str:
             f"Unsupported pooling type: pooling_type expected PoolingType.SUM or PoolingType.MEAN, got {pooling}"
         )
     return pooling.value.lower()
+
+
+# --- collection-level checks (shared by refimpl and accel: configuration, not maths) ----------
+def check_tables(tables: Any, who: str) -> List[Any]:
+    """A list of configs with unique non-empty names (no '.', a state_dict key part), positive sizes
+    and no feature twice in one table."""
+    if isinstance(tables, (str, bytes)) or not isinstance(tables, (list, tuple)):
+        raise TypeError(f"{who}: tables expected a list of embedding configs, got {type(tables).__name__}")
+    seen: Dict[str, int] = {}
+    for i, config in enumerate(tables):
+        name = getattr(config, "name", None)
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(
+                f"{who}: tables[{i}].name expected a non-empty str without '.' (a state_dict key part), got {name!r}"
+            )
+        if name in seen:
+            raise ValueError(f"{who}: Duplicate table name '{name}' (tables[{seen[name]}] and tables[{i}])")
+        seen[name] = i
+        for size_field in ("num_embeddings", "embedding_dim"):
+            value = getattr(config, size_field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{who}: table '{name}': {size_field} expected a positive int, got {value!r}")
+        features = list(config.feature_names)
+        for feature in features:
+            if not isinstance(feature, str):
+                raise TypeError(f"{who}: table '{name}': feature_names expected str entries, got {feature!r}")
+            if features.count(feature) > 1:
+                raise ValueError(
+                    f"{who}: table '{name}': feature_names expected unique names, got '{feature}' "
+                    f"{features.count(feature)} times"
+                )
+    return tables

@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from refimpl.base import Module, as_numpy
-from refimpl.modules.embedding_configs import DataType, PoolingType, as_enum
+from refimpl.modules.embedding_configs import DataType, PoolingType, as_enum, check_tables
 from refimpl.sparse import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 from refimpl.validate import MissingKeyError, missing_key, validate_ids_in_range
 
@@ -223,37 +223,6 @@ def table_dtype(config: Any, dtype: Any) -> np.dtype:
     return np.dtype(np.float16)
 
 
-def _check_tables(tables: Any, who: str) -> List[Any]:
-    """A list of configs with unique non-empty names (no '.', a state_dict key part), positive sizes
-    and no feature twice in one table."""
-    if isinstance(tables, (str, bytes)) or not isinstance(tables, (list, tuple)):
-        raise TypeError(f"{who}: tables expected a list of embedding configs, got {type(tables).__name__}")
-    seen: Dict[str, int] = {}
-    for i, config in enumerate(tables):
-        name = getattr(config, "name", None)
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(
-                f"{who}: tables[{i}].name expected a non-empty str without '.' (a state_dict key part), got {name!r}"
-            )
-        if name in seen:
-            raise ValueError(f"{who}: Duplicate table name '{name}' (tables[{seen[name]}] and tables[{i}])")
-        seen[name] = i
-        for field in ("num_embeddings", "embedding_dim"):
-            value = getattr(config, field)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{who}: table '{name}': {field} expected a positive int, got {value!r}")
-        features = list(config.feature_names)
-        for feature in features:
-            if not isinstance(feature, str):
-                raise TypeError(f"{who}: table '{name}': feature_names expected str entries, got {feature!r}")
-            if features.count(feature) > 1:
-                raise ValueError(
-                    f"{who}: table '{name}': feature_names expected unique names, got '{feature}' "
-                    f"{features.count(feature)} times"
-                )
-    return tables
-
-
 def as_keyed_jagged_tensor(features: Any, who: str) -> KeyedJaggedTensor:
     """A refimpl KeyedJaggedTensor from one, or from any object with TorchRec's KJT accessors
     (keys, values, lengths, offsets, weights_or_none, stride), validated once."""
@@ -312,7 +281,7 @@ class _TableCollection(Module):
 
     def __init__(self, tables: Any, dtype: Any, rng: Optional[np.random.Generator]) -> None:
         super().__init__(dtype)
-        self._tables = _check_tables(tables, self._who)
+        self._tables = check_tables(tables, self._who)
         self._check_collection(self._tables)  # every check before the configs are touched
         self._rng = np.random.default_rng() if rng is None else rng
         self._acc = accumulation_dtype(self.dtype)
@@ -330,7 +299,7 @@ class _TableCollection(Module):
         self._input: Optional[KeyedJaggedTensor] = None
 
     def _check_collection(self, tables: List[Any]) -> None:
-        """Checks of one kind of collection on top of _check_tables."""
+        """Checks of one kind of collection on top of check_tables."""
 
     def _key(self, t: int) -> str:
         return f"{self._prefix}.{self._tables[t].name}.weight"

@@ -173,7 +173,8 @@ def _fbgemm_tbe(x: Inputs, rule: str):
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-        ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen,
+        ComputeDevice,
+        SplitTableBatchedEmbeddingBagsCodegen,
     )
 
     optimizer = {"sgd": EmbOptimType.EXACT_SGD, "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}[rule]

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from accel.kernels import _device, _jagged
 from accel.kernels._device import MAX_THREADS_PER_ROW
-from accel.kernels._jagged import BF16, WIDE, TableArgs
+from accel.kernels._jagged import BF16, WIDE
 
 # READ only reads the rows (for the per-sample weights' gradient); WRITE stores g_r into dense gradients.
 READ, WRITE, SGD, ADAGRAD, ROWWISE_ADAGRAD = -1, 0, 1, 2, 3

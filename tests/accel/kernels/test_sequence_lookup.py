@@ -69,8 +69,7 @@ def test_empty_feature_batch_zero_and_no_ids():
 
 def test_duplicate_and_max_ids_and_long_bags():
     case = make(4, rows=(6, 6), lengths=np.array([33, 0, 32, 31, 1, 0]))
-    tables, ids, offsets, slots, B = case
-    ids[:5] = 5
+    case[1][:5] = 5  # ids
     np.testing.assert_array_equal(sl.sequence_lookup(*args(*case)).numpy(), reference(*case))
 
 
@@ -155,3 +154,23 @@ def test_errors():
         sl.sequence_lookup(w, i, o.int(), k, t, b)
     with pytest.raises(ValueError, match=r"grad must have shape \(ids looked up, D\)"):
         torch.ops.recspec.sequence_lookup_backward(torch.ones(1, 4), w, i, o, k, t, b)
+
+
+def test_matches_torchrec_embedding_collection():
+    pytest.importorskip("torchrec", reason="TorchRec is an optional comparison; CI runs without it")
+    from torchrec.modules.embedding_configs import EmbeddingConfig
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    torch.manual_seed(1)
+    ec = EmbeddingCollection(tables=[EmbeddingConfig(num_embeddings=5, embedding_dim=4, name="t0", feature_names=["a"]),
+                                     EmbeddingConfig(num_embeddings=7, embedding_dim=4, name="t1",
+                                                     feature_names=["b", "a"])])
+    # KJT keys [b, a]: slots (key, table) in table then feature order: a@t0, b, a@t1.
+    _, ids, offsets, slots, B = make(13, rows=(5, 7), slots=((1, 0), (0, 1), (1, 1)))
+    kjt = KeyedJaggedTensor(keys=["b", "a"], values=torch.tensor(ids), lengths=torch.tensor(np.diff(offsets)))
+    want = ec(kjt)
+    weights = [ec.embeddings["t0"].weight.detach(), ec.embeddings["t1"].weight.detach()]
+    got = sl.sequence_lookup(*args(weights, ids, offsets, slots, B))
+    expected = torch.cat([want[name].values() for name in ("a@t0", "b", "a@t1")])
+    np.testing.assert_array_equal(got.numpy(), expected.detach().numpy())

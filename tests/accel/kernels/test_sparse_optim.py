@@ -54,15 +54,16 @@ def flatten(groups: so.RowGroups):
 
 CASES = {
     # Pooled layout: two tables, a key read by both, weights, MEAN scales, empty bags, repeated ids.
-    "pooled": dict(ids=[1, 1, 0, 3, 2, 2, 2, 0], lengths=[2, 0, 1, 3, 0, 2], slots=[(0, 0), (1, 1), (1, 0)], B=3,
-                   goff0=[0, 2, 5], bag_stride=[7, 7, 7], value_stride=[0, 0, 0],
-                   psw=[0.5, 2.0, 1.0, -1.0, 3.0, 0.25, 1.5, 2.0], mean=True),
+    "pooled": {"ids": [1, 1, 0, 3, 2, 2, 2, 0], "lengths": [2, 0, 1, 3, 0, 2], "slots": [(0, 0), (1, 1), (1, 0)],
+               "B": 3, "goff0": [0, 2, 5], "bag_stride": [7, 7, 7], "value_stride": [0, 0, 0],
+               "psw": [0.5, 2.0, 1.0, -1.0, 3.0, 0.25, 1.5, 2.0], "mean": True},
     # Sequence layout: gradient rows one after another.
-    "sequence": dict(ids=[4, 0, 4, 1], lengths=[1, 2, 0, 1], slots=[(0, 1), (1, 0)], B=2, goff0=[0, 9],
-                     bag_stride=[0, 0], value_stride=[3, 3]),
-    "one table, every id the same": dict(ids=[2] * 5, lengths=[5], slots=[(0, 0)], B=1, goff0=[0],
-                                         bag_stride=[4], value_stride=[0]),
-    "no lookups": dict(ids=[], lengths=[0, 0], slots=[(0, 0)], B=2, goff0=[0], bag_stride=[1], value_stride=[0]),
+    "sequence": {"ids": [4, 0, 4, 1], "lengths": [1, 2, 0, 1], "slots": [(0, 1), (1, 0)], "B": 2, "goff0": [0, 9],
+                 "bag_stride": [0, 0], "value_stride": [3, 3]},
+    "one table, every id the same": {"ids": [2] * 5, "lengths": [5], "slots": [(0, 0)], "B": 1, "goff0": [0],
+                                     "bag_stride": [4], "value_stride": [0]},
+    "no lookups": {"ids": [], "lengths": [0, 0], "slots": [(0, 0)], "B": 2, "goff0": [0], "bag_stride": [1],
+                   "value_stride": [0]},
 }
 
 

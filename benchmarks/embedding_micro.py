@@ -71,7 +71,10 @@ class Inputs:
 def make_inputs(cfg: Config, seed: int = 0) -> Inputs:
     rng = np.random.default_rng(seed)
     T, B = cfg.tables, cfg.batch
-    weights = [torch.from_numpy(rng.uniform(-0.01, 0.01, (cfg.rows, cfg.dim)).astype(np.float32)) for _ in range(T)]
+    # Tables in torch's own allocations, as a module's parameters are (NumPy's would get transparent huge pages,
+    # which measured slower here).
+    weights = [torch.empty(cfg.rows, cfg.dim).copy_(torch.from_numpy(rng.uniform(-0.01, 0.01, (cfg.rows, cfg.dim))))
+               for _ in range(T)]
     lengths = np.full(T * B, cfg.max_len) if cfg.fixed_len else rng.integers(0, cfg.max_len + 1, T * B)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ids = rng.integers(0, cfg.rows, int(offsets[-1]))

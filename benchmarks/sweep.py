@@ -77,9 +77,9 @@ def _prepare_all(case: Case, providers: Sequence, log: Callable[[str], None]):
         log(f"  {case.name:24s} {provider.name}")
         try:
             prepared = provider.prepare(case, state, inputs)
-            if state is None:
-                state, ref = prepared.state, prepared.output()
             out = prepared.output()
+            if state is None:
+                state, ref = prepared.state, out
             if prepared.before_backward is not None:
                 prepared.before_backward()
             prepared.forward_backward()
@@ -114,7 +114,7 @@ def run_case(
             rel_err=err, load_1min=load, others_busy=busy)
         for (provider, _, err), f, fb in zip(ready, fwd, fwd_bwd)
     ]
-    ready = None
+    del ready  # the providers' modules and buffers, before the next case allocates its own
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -21,6 +21,7 @@ Numba has no float16 arithmetic on the CPU, and bfloat16 is the upper half of a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -250,11 +251,16 @@ def _prefetch(typingctx, arr, byte_offset):
 def prefetch_row(tab, row):
     """Prefetch every cache line of row `row` of the C-contiguous 2-D table `tab`."""
     row_bytes = tab.shape[1] * tab.itemsize
-    base = row * row_bytes
-    for line in range(0, row_bytes, _LINE):
-        _prefetch(tab, base + line)
-    if row_bytes % _LINE:
-        _prefetch(tab, base + row_bytes - 1)
+    prefetch_bytes(tab, row * row_bytes, row_bytes)
+
+
+@_device.cpu_helper()
+def prefetch_bytes(arr, start, size):
+    """Prefetch every cache line of bytes [start, start + size) of the C-contiguous array `arr`."""
+    for line in range(0, size, _LINE):
+        _prefetch(arr, start + line)
+    if size % _LINE:
+        _prefetch(arr, start + size - 1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,6 +358,12 @@ def index_array(values: np.ndarray, device: torch.device):
     return values
 
 
+@functools.lru_cache(maxsize=None)
+def dummy_table(dtype: torch.dtype, device: torch.device):
+    """The 1x1 zero table that pads the tuples (made once per dtype and device; never read by a kernel)."""
+    return numba_view(torch.zeros((1, 1), dtype=dtype, device=device))
+
+
 def table_args(tables: Sequence[torch.Tensor], acc_dtype: torch.dtype, device: torch.device) -> TableArgs:
     """TableArgs of contiguous tables (`check_tables` first)."""
     wide, half, fmt, index = [], [], [], []
@@ -360,8 +372,8 @@ def table_args(tables: Sequence[torch.Tensor], acc_dtype: torch.dtype, device: t
         fmt.append(_FORMAT[w.dtype])
         index.append(len(group))
         group.append(numba_view(w))
-    dummy_wide = numba_view(torch.zeros((1, 1), dtype=acc_dtype, device=device))
-    dummy_half = numba_view(torch.zeros((1, 1), dtype=torch.float16, device=device))
+    dummy_wide = dummy_table(acc_dtype, device)
+    dummy_half = dummy_table(torch.float16, device)
     return TableArgs(
         wide=padded(wide, dummy_wide),
         half=padded(half, dummy_half),

@@ -259,12 +259,14 @@ def _prepare(weights, indices, offsets, slot_key, slot_table, slot_column, total
 def _check_tiling(column: np.ndarray, width: np.ndarray, total_dim: int) -> None:
     # The slots' column ranges must tile [0, total_dim) exactly: every output column written once.
     order = np.lexsort((width, column))
-    end = 0
-    for s in order:
-        if column[s] != end:
-            raise ValueError(f"slot_column[{s}] must continue the slots' columns at {end} (slots tile "
-                             f"[0, total_dim) in some order), got {column[s]}")
-        end += width[s]
+    ends = np.cumsum(width[order])
+    starts = np.concatenate([[0], ends[:-1]])
+    bad = np.flatnonzero(column[order] != starts)
+    if bad.size:
+        s = order[bad[0]]
+        raise ValueError(f"slot_column[{s}] must continue the slots' columns at {starts[bad[0]]} (slots tile "
+                         f"[0, total_dim) in some order), got {column[s]}")
+    end = int(ends[-1]) if ends.size else 0
     if end != total_dim:
         raise ValueError(f"total_dim must equal the slots' summed dims {end}, got {total_dim}")
 

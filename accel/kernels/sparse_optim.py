@@ -228,6 +228,8 @@ def group_rows_torch(lookups: Lookups, table_rows: np.ndarray, acc_dtype: torch.
 def _apply_row(tab, target, bf16, r, a, e, g, s_goff, s_coef, s_scale, s_occ, G2, G1, rule, lr, eps,
                want_psw, psw_occ, grad, row, lanes):
     # g_r into `grad` (lookups in sorted order), the psw dot products with the row before its update, the rule.
+    # The gradient rows are not prefetched: the output gradient (B x total_dim) mostly sits in L3, and
+    # prefetching them measured slower.
     D = tab.shape[1]
     grad = grad[:D]
     row = row[:D]
@@ -263,13 +265,25 @@ def _apply_row(tab, target, bf16, r, a, e, g, s_goff, s_coef, s_scale, s_occ, G2
     _jagged.store_row(row, target[r], bf16)
 
 
+@_device.cpu_helper()
+def _apply_table_rows(tab, target, bf16, u0, u1, uniq_row, uniq_ptr, g, s_goff, s_coef, s_scale, s_occ, G2, G1,
+                      rule, lr, eps, want_psw, psw_occ, grad, row, lanes):
+    # Distinct rows [u0, u1) of one table, the row PREFETCH_AHEAD places on prefetched when it is read.
+    for u in range(u0, u1):
+        if (want_psw or rule != WRITE) and u + _jagged.PREFETCH_AHEAD < u1:
+            _jagged.prefetch_row(tab, uniq_row[u + _jagged.PREFETCH_AHEAD])
+        _apply_row(tab, target, bf16, uniq_row[u], uniq_ptr[u], uniq_ptr[u + 1], g, s_goff, s_coef, s_scale, s_occ,
+                   G2, G1, rule, lr, eps, want_psw, psw_occ, grad, row, lanes)
+
+
 @_device.cpu_jit(parallel=True)
 def _apply_rows_cpu(g, s_goff, s_coef, s_scale, s_occ, uniq_table, uniq_row, uniq_ptr,
                     wide, half, table_format, table_index, target_wide, target_half, state2, state1,
                     rule, lr, eps, want_psw, psw_occ, max_dim, chunks):
     # Chunk c owns the distinct rows whose lookups start in [c P / chunks, (c + 1) P / chunks): shares balanced by
-    # lookups, and no row shared between threads. Rows come in ascending order per table, so the table (and
-    # state) reads walk memory forwards.
+    # lookups, and no row shared between threads. A chunk goes table by table (the rows are sorted by table), so
+    # the tuples of tables and states are indexed once per table, not per row (each index of a tuple of arrays
+    # costs reference counting); rows ascend within a table, so reads walk memory forwards.
     U = uniq_row.shape[0]
     P = uniq_ptr[U]
     lr_t = g.dtype.type(lr)
@@ -280,24 +294,21 @@ def _apply_rows_cpu(g, s_goff, s_coef, s_scale, s_occ, uniq_table, uniq_row, uni
         grad = np.empty(max_dim, g.dtype)
         row = np.empty(max_dim, g.dtype)
         lanes = np.empty(_device.CPU_SUM_LANES, g.dtype)
-        for u in range(u0, u1):
+        u = u0
+        while u < u1:
             t = uniq_table[u]
+            v = u + np.searchsorted(uniq_table[u:u1], t, side="right")
             i = table_index[t]
-            if u + _jagged.PREFETCH_AHEAD < u1 and (want_psw or rule != WRITE):
-                ahead = uniq_table[u + _jagged.PREFETCH_AHEAD]
-                if table_format[ahead] == WIDE:
-                    _jagged.prefetch_row(wide[table_index[ahead]], uniq_row[u + _jagged.PREFETCH_AHEAD])
-                else:
-                    _jagged.prefetch_row(half[table_index[ahead]], uniq_row[u + _jagged.PREFETCH_AHEAD])
             G2 = state2[t if t < len(state2) else 0]
             G1 = state1[t if t < len(state1) else 0]
             if table_format[t] == WIDE:
-                _apply_row(wide[i], target_wide[i], False, uniq_row[u], uniq_ptr[u], uniq_ptr[u + 1], g, s_goff,
-                           s_coef, s_scale, s_occ, G2, G1, rule, lr_t, eps_t, want_psw, psw_occ, grad, row, lanes)
+                _apply_table_rows(wide[i], target_wide[i], False, u, v, uniq_row, uniq_ptr, g, s_goff, s_coef,
+                                  s_scale, s_occ, G2, G1, rule, lr_t, eps_t, want_psw, psw_occ, grad, row, lanes)
             else:
-                _apply_row(half[i], target_half[i], table_format[t] == BF16, uniq_row[u], uniq_ptr[u],
-                           uniq_ptr[u + 1], g, s_goff, s_coef, s_scale, s_occ, G2, G1, rule, lr_t, eps_t, want_psw,
-                           psw_occ, grad, row, lanes)
+                _apply_table_rows(half[i], target_half[i], table_format[t] == BF16, u, v, uniq_row, uniq_ptr, g,
+                                  s_goff, s_coef, s_scale, s_occ, G2, G1, rule, lr_t, eps_t, want_psw, psw_occ, grad,
+                                  row, lanes)
+            u = v
 
 
 @_device.cpu_jit(parallel=True)

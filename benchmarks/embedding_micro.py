@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -216,31 +216,35 @@ def _has(module: str) -> bool:
         return False
 
 
-def providers(x: Inputs, what: str) -> Dict[str, Callable[[], object]]:
+def providers(x: Inputs, what: str, skip: Sequence[str] = ()) -> Dict[str, Callable[[], object]]:
+    """The timed callables of a case, built lazily so that skipped ones never allocate their copy of the tables."""
     if what == "forward":
-        found = {"accel": accel_forward(x), "torch.embedding_bag": torch_forward(x)}
+        makers = {"accel": lambda: accel_forward(x), "torch.embedding_bag": lambda: torch_forward(x)}
         if _has("torchrec"):
-            found["torchrec EBC"] = torchrec_forward(x)
+            makers["torchrec EBC"] = lambda: torchrec_forward(x)
         if _has("fbgemm_gpu"):
-            found["fbgemm TBE"] = fbgemm_forward(x)
-        return found
-    found = {"accel fused sgd": accel_train(x, "sgd"), "accel fused rowwise_adagrad": accel_train(x, "rowwise_adagrad")}
-    if _has("torchrec"):
-        found["torchrec EBC + SGD"] = torchrec_train(x)
-    if _has("fbgemm_gpu"):
-        found["fbgemm TBE exact sgd"] = fbgemm_train(x, "sgd")
-        found["fbgemm TBE rowwise_adagrad"] = fbgemm_train(x, "rowwise_adagrad")
-    return found
+            makers["fbgemm TBE"] = lambda: fbgemm_forward(x)
+    else:
+        makers = {"accel fused sgd": lambda: accel_train(x, "sgd"),
+                  "accel fused rowwise_adagrad": lambda: accel_train(x, "rowwise_adagrad")}
+        if _has("torchrec"):
+            makers["torchrec EBC + SGD"] = lambda: torchrec_train(x)
+        if _has("fbgemm_gpu"):
+            makers["fbgemm TBE exact sgd"] = lambda: fbgemm_train(x, "sgd")
+            makers["fbgemm TBE rowwise_adagrad"] = lambda: fbgemm_train(x, "rowwise_adagrad")
+    return {name: make() for name, make in makers.items() if not any(name.startswith(s) for s in skip)}
 
 
-def run_case(cfg: Config, what: str, plan: TimingPlan) -> List[str]:
+def run_case(cfg: Config, what: str, plan: TimingPlan, skip: Sequence[str] = ()) -> List[str]:
     x = make_inputs(cfg)
-    found = providers(x, what)
+    found = providers(x, what, skip)
     names = list(found)
     times = median_times([Timed(found[n]) for n in names], plan)
     ref = {"forward": "torchrec EBC", "train": "torchrec EBC + SGD"}[what]
     ref_ms = next((t.median_ms for n, t in zip(names, times) if n == ref), None)
-    lines = [f"{cfg.name} {what}: {x.ids.numel()} ids, {x.gbytes * 1e3:.0f} MB of rows"]
+    header = (f"{cfg.name} {what}: {x.ids.numel()} ids, {x.gbytes * 1e3:.0f} MB of rows, "
+              f"others' CPU use {machine.others_busy(0.5):.2f}")
+    lines = [header]
     for name, t in zip(names, times):
         rate = f"{x.gbytes / (t.median_ms / 1e3):6.2f} GB/s" if what == "forward" else ""
         ratio = f"  {ref_ms / t.median_ms:5.2f}x {ref}" if ref_ms else ""
@@ -253,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", default="dlrm-small", choices=sorted(CONFIGS))
     parser.add_argument("--only", default="forward,train", help="comma list of forward, train")
     parser.add_argument("--quick", action="store_true", help="1 warm-up call and 3 timed calls")
+    parser.add_argument("--skip", default="", help="comma list of provider name prefixes not to run "
+                        "(each provider holds its own copy of the tables: 4 GB on 'wide')")
     parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
                         help="before each case, wait up to this long for other programs to idle")
     args = parser.parse_args(argv)
@@ -263,7 +269,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.quiet_wait:
             machine.wait_until_quiet(args.quiet_wait)
         start = time.perf_counter()
-        for line in run_case(cfg, what, QUICK if args.quick else FULL):
+        skip = [s for s in args.skip.split(",") if s]
+        for line in run_case(cfg, what, QUICK if args.quick else FULL, skip):
             print(line, flush=True)
         print(f"  ({time.perf_counter() - start:.0f} s)")
     return 0

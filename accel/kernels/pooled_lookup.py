@@ -14,11 +14,12 @@ Bag b of KJT key k is indices[offsets[k B + b] : offsets[k B + b + 1]]. Tables a
 Layers, in this order: kernels (CPU @njit; CUDA numba.cuda.jit), launchers (validate, allocate, pick the device)
 and the torch bindings (`recspec::pooled_lookup`, its backward, and the fused pair).
 
-CPU forward, measured on dlrm-small (benchmarks/embedding_micro.py): the lookup is bound by DRAM latency (each
-256-byte row is a miss), so what matters is how many rows are in flight. Each thread walks its share of the
-(slot, bag) items slot by slot and prefetches the row PREFETCH_AHEAD ids ahead in the key's id stream (across
-bag boundaries), which lifts a plain gather from ~5 GB/s to ~8 GB/s; the row is added into the output row
-with a vectorised loop over D.
+CPU forward: the lookup is bound by DRAM latency (each 256-byte row of dlrm-small is a miss), so what matters is
+how many rows are in flight. Each thread walks its share of the (slot, bag) items slot by slot and prefetches,
+into L2, the row PREFETCH_AHEAD ids ahead in the key's id stream (across bag boundaries); ids are added two at a
+time into the output row by a vectorised loop over D. Measured with benchmarks/embedding_micro.py on the 2-core
+machine: one thread 26.5 ns a row against 37 for TorchRec's EBC (a plain gather: 47); two threads on
+dlrm-small about 10.5 ms against 12.8 ms, on "wide" 74 ms against 172 ms.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 Batches are rows: `W_l . x_l` per sample is `x_l @ W_l.T` for the whole batch, one BLAS GEMM
 per weight, with the cross product `x_0 * (...) + x_l` as one fused `addcmul` epilogue. The
 parameters, their state_dict keys and their creation (RNG) order are TorchRec's.
+
+CrossNet and LowRankCrossNet layers carry a hand-written backward (`CrossLayer`,
+`LowRankCrossLayer`): autograd of addmm + addcmul makes several elementwise passes over the
+(B, N) activations per layer, while the gradient needs only two products with g, one bias sum,
+and the "+ g" of dx_l folded into its GEMM.
 """
 
 from __future__ import annotations
@@ -25,13 +30,91 @@ from accel.modules._init import (
 Activation = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
 
+class CrossLayer(torch.autograd.Function):
+    """x_{l+1} = x_0 * t + x_l, t = x_l @ W^T + b; one CrossNet layer with its own backward.
+
+    With g = dL/dx_{l+1} and grad_t = g * x_0: dx_0 = g * t, db = sum_rows grad_t,
+    dW = grad_t^T @ x_l, dx_l = g + grad_t @ W (one addmm). `bias` has shape (N, 1) and gets
+    its gradient in that shape. Only the gradients in `ctx.needs_input_grad` are formed.
+    Under create_graph t is formed again from the inputs, so the backward is itself differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x_0: torch.Tensor, x_l: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        t = torch.addmm(bias.view(-1), x_l, kernel.t())
+        ctx.save_for_backward(x_0, x_l, kernel, bias, t)
+        return torch.addcmul(x_l, x_0, t)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x_0, x_l, kernel, bias, t = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # The saved t was made without a graph; double backward needs its dependence on x_l, W, b.
+            t = torch.addmm(bias.view(-1), x_l, kernel.t())
+        need_x0, need_xl, need_w, need_b = ctx.needs_input_grad
+        grad_x0 = g * t if need_x0 else None
+        grad_xl = grad_w = grad_b = None
+        if need_xl or need_w or need_b:
+            grad_t = g * x_0
+            if need_xl:
+                grad_xl = torch.addmm(g, grad_t, kernel)
+            if need_w:
+                grad_w = torch.mm(grad_t.t(), x_l)
+            if need_b:
+                grad_b = grad_t.sum(0).view_as(bias)
+        return grad_x0, grad_xl, grad_w, grad_b
+
+
+class LowRankCrossLayer(torch.autograd.Function):
+    """x_{l+1} = x_0 * t + x_l, t = (x_l @ V^T) @ W^T + b; one LowRankCrossNet layer with its own backward.
+
+    With h = x_l @ V^T, grad_t = g * x_0 and grad_h = grad_t @ W: dx_0 = g * t,
+    db = sum_rows grad_t, dW = grad_t^T @ h, dV = grad_h^T @ x_l, dx_l = g + grad_h @ V (one
+    addmm). Only the gradients in `ctx.needs_input_grad` are formed. Under create_graph h and t
+    are formed again from the inputs, so the backward is itself differentiable.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x_0: torch.Tensor, x_l: torch.Tensor, W: torch.Tensor, V: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        h = torch.mm(x_l, V.t())
+        t = torch.addmm(bias, h, W.t())
+        ctx.save_for_backward(x_0, x_l, W, V, bias, h, t)
+        return torch.addcmul(x_l, x_0, t)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x_0, x_l, W, V, bias, h, t = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # h and t were saved without a graph; double backward needs their dependence on the inputs.
+            h = torch.mm(x_l, V.t())
+            t = torch.addmm(bias, h, W.t())
+        need_x0, need_xl, need_w, need_v, need_b = ctx.needs_input_grad
+        grad_x0 = g * t if need_x0 else None
+        grad_xl = grad_w = grad_v = grad_b = None
+        if need_xl or need_w or need_v or need_b:
+            grad_t = g * x_0
+            if need_w:
+                grad_w = torch.mm(grad_t.t(), h)
+            if need_b:
+                grad_b = grad_t.sum(0)
+            if need_xl or need_v:
+                grad_h = torch.mm(grad_t, W)
+                if need_v:
+                    grad_v = torch.mm(grad_h.t(), x_l)
+                if need_xl:
+                    grad_xl = torch.addmm(g, grad_h, V)
+        return grad_x0, grad_xl, grad_w, grad_v, grad_b
+
+
 class CrossNet(nn.Module):
     """x_{l+1} = x_0 * (W_l . x_l + b_l) + x_l, l = 0 .. num_layers-1.
 
     Shapes: input (B, N) -> (B, N); kernels.l (N, N); bias.l (N, 1).
     Init (TorchRec's order): every kernel ~ xavier_normal, then every bias = 0.
-    Each layer is one GEMM with the bias folded in (addmm) and one fused addcmul.
-    `device`/`dtype` place the parameters after they are drawn (see accel.modules._init).
+    Each layer is one GEMM with the bias folded in (addmm) and one fused addcmul; its backward
+    is `CrossLayer`'s. `device`/`dtype` place the parameters after they are drawn (see accel.modules._init).
     """
 
     def __init__(
@@ -56,7 +139,7 @@ class CrossNet(nn.Module):
         x_0 = input
         x_l = x_0
         for W_l, b_l in zip(self.kernels, self.bias):
-            x_l = torch.addcmul(x_l, x_0, torch.addmm(b_l.view(-1), x_l, W_l.t()))
+            x_l = CrossLayer.apply(x_0, x_l, W_l, b_l)
         return x_l
 
 
@@ -65,7 +148,8 @@ class LowRankCrossNet(nn.Module):
 
     Shapes: input (*, N) -> (*, N); W_kernels.l (N, r); V_kernels.l (r, N); bias.l (N,).
     Init (TorchRec's order): every W ~ xavier_normal, then every V, then every bias = 0.
-    Each layer is two GEMMs (the second with the bias folded in) and one fused addcmul.
+    Each layer is two GEMMs (the second with the bias folded in) and one fused addcmul; its
+    backward is `LowRankCrossLayer`'s.
     """
 
     def __init__(
@@ -96,7 +180,7 @@ class LowRankCrossNet(nn.Module):
         x_0 = input.reshape(-1, self._in_features)
         x_l = x_0
         for W_l, V_l, b_l in zip(self.W_kernels, self.V_kernels, self.bias):
-            x_l = torch.addcmul(x_l, x_0, torch.addmm(b_l, torch.mm(x_l, V_l.t()), W_l.t()))
+            x_l = LowRankCrossLayer.apply(x_0, x_l, W_l, V_l, b_l)
         return x_l.reshape(input.shape)
 
 

@@ -5,7 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from accel.modules.crossnet import CrossNet, LowRankCrossNet, LowRankMixtureCrossNet, VectorCrossNet
+from accel.modules.crossnet import (
+    CrossLayer,
+    CrossNet,
+    LowRankCrossLayer,
+    LowRankCrossNet,
+    LowRankMixtureCrossNet,
+    VectorCrossNet,
+)
 
 
 # --- float64 NumPy formulas (semantics.md 3.1-3.4) -------------------------------------------
@@ -415,3 +422,67 @@ def test_bit_identical_to_torchrec_when_installed():
             assert torch.equal(ours.state_dict()[k], v), (ours_cls.__name__, k)
         x = torch.randn(5, 4)
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+# --- the hand-written layer backwards (CrossLayer, LowRankCrossLayer) --------------------------------
+def layer_inputs(seed, *shapes):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, dtype=torch.float64, generator=gen, requires_grad=True) for s in shapes]
+
+
+def test_cross_layer_gradcheck_with_x0_as_xl():
+    # The first layer receives the input on both paths; its gradient is the sum of the two.
+    x, W, b = layer_inputs(5, (4, 3), (3, 3), (3, 1))
+    assert torch.autograd.gradcheck(lambda x, W, b: CrossLayer.apply(x, x, W, b), (x, W, b))
+
+
+def test_cross_layer_gradcheck_distinct_inputs_and_second_order():
+    x_0, x_l, W, b = layer_inputs(6, (4, 3), (4, 3), (3, 3), (3, 1))
+    assert torch.autograd.gradcheck(CrossLayer.apply, (x_0, x_l, W, b))
+    assert torch.autograd.gradgradcheck(CrossLayer.apply, (x_0, x_l, W, b))
+
+
+def test_low_rank_cross_layer_gradcheck_with_x0_as_xl():
+    x, W, V, b = layer_inputs(7, (4, 3), (3, 2), (2, 3), (3,))
+    assert torch.autograd.gradcheck(lambda x, W, V, b: LowRankCrossLayer.apply(x, x, W, V, b), (x, W, V, b))
+
+
+def test_low_rank_cross_layer_gradcheck_distinct_inputs_and_second_order():
+    x_0, x_l, W, V, b = layer_inputs(8, (4, 3), (4, 3), (3, 2), (2, 3), (3,))
+    assert torch.autograd.gradcheck(LowRankCrossLayer.apply, (x_0, x_l, W, V, b))
+    assert torch.autograd.gradgradcheck(LowRankCrossLayer.apply, (x_0, x_l, W, V, b))
+
+
+def test_cross_layer_gradients_match_float64_formulas():
+    x_0, x_l, W, b = layer_inputs(9, (5, 3), (5, 3), (3, 3), (3, 1))
+    g = np.random.default_rng(9).standard_normal((5, 3))
+    CrossLayer.apply(x_0, x_l, W, b).backward(torch.from_numpy(g))
+    x0, xl, Wn, bn = (v.detach().numpy() for v in (x_0, x_l, W, b))
+    t = xl @ Wn.T + bn[:, 0]
+    grad_t = g * x0
+    np.testing.assert_allclose(x_0.grad.numpy(), g * t, rtol=1e-12)
+    np.testing.assert_allclose(x_l.grad.numpy(), g + grad_t @ Wn, rtol=1e-12)
+    np.testing.assert_allclose(W.grad.numpy(), grad_t.T @ xl, rtol=1e-12)
+    np.testing.assert_allclose(b.grad.numpy(), grad_t.sum(0)[:, None], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [CrossNet, LowRankCrossNet])
+def test_only_requested_gradients_are_formed(cls):
+    module = randomize(cls(3, 2).double(), seed=10)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    frozen = [p for name, p in module.named_parameters() if not name.startswith("bias")]
+    for p in frozen:
+        p.requires_grad_(False)
+    module(x).sum().backward()
+    assert x.grad is None and all(p.grad is None for p in frozen)
+    # db_l = sum over rows and features of g * x_0 with g = dL/dx_{l+1}; for the last layer g = 1.
+    last = module.bias[1].grad
+    np.testing.assert_allclose(last.numpy().reshape(-1), x.numpy().sum(0), rtol=1e-12)
+
+
+def test_crossnet_empty_batch_backward():
+    module = CrossNet(3, 2)
+    x = torch.zeros(0, 3, requires_grad=True)
+    module(x).sum().backward()
+    assert x.grad.shape == (0, 3)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in module.parameters())

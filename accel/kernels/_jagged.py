@@ -149,14 +149,14 @@ def store_row(src, r, bf16):
 
 # Inlined into the calling kernel at Numba's level: an outlined call taking arrays costs an atomic reference
 # count increment and decrement per array, per row.
-_JIT = {"fastmath": dict(_device.CPU_FASTMATH), "error_model": _device.CPU_ERROR_MODEL}
+ROW_JIT = {"fastmath": dict(_device.CPU_FASTMATH), "error_model": _device.CPU_ERROR_MODEL}
 
 
 def _is_half(r) -> bool:
     return isinstance(r, types.Array) and r.dtype == types.uint16
 
 
-@overload(add_row, jit_options=_JIT, inline="always")
+@overload(add_row, jit_options=ROW_JIT, inline="always")
 def _add_row_jit(o, r, w, bf16):
     if _is_half(r):
         def impl(o, r, w, bf16):
@@ -174,7 +174,7 @@ def _add_row_jit(o, r, w, bf16):
     return impl
 
 
-@overload(add_two_rows, jit_options=_JIT, inline="always")
+@overload(add_two_rows, jit_options=ROW_JIT, inline="always")
 def _add_two_rows_jit(o, r0, r1, w0, w1, bf16):
     if _is_half(r0):
         def impl(o, r0, r1, w0, w1, bf16):
@@ -192,7 +192,7 @@ def _add_two_rows_jit(o, r0, r1, w0, w1, bf16):
     return impl
 
 
-@overload(load_row, jit_options=_JIT, inline="always")
+@overload(load_row, jit_options=ROW_JIT, inline="always")
 def _load_row_jit(r, dst, bf16):
     if _is_half(r):
         def impl(r, dst, bf16):
@@ -210,7 +210,7 @@ def _load_row_jit(r, dst, bf16):
     return impl
 
 
-@overload(store_row, jit_options=_JIT, inline="always")
+@overload(store_row, jit_options=ROW_JIT, inline="always")
 def _store_row_jit(src, r, bf16):
     if _is_half(r):
         def impl(src, r, bf16):

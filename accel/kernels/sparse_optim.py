@@ -27,7 +27,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core.extending import overload
 from torch import Tensor
 
 from accel.kernels import _device, _jagged
@@ -109,36 +110,42 @@ class RowGroups:
 
 @_device.cpu_jit(parallel=True)
 def _group_by_row_cpu(indices, offsets, slot_key, slot_table, goff0, bag_stride, value_stride, occ_start,
-                      table_rows, table_start, psw, weighted, mean, B,
-                      s_goff, s_coef, s_scale, s_occ, uniq_table, uniq_row, uniq_ptr):
+                      table_rows, table_start, psw, weighted, mean, B, s_goff, s_coef, s_scale, s_occ):
     # Tables in parallel; per table a histogram over its rows (O(lookups + rows)): counts, exclusive prefix
     # sums (listing the distinct rows in ascending order), then a stable scatter in (slot, value) order. The
-    # distinct rows land at their table's segment of uniq_* and are compacted afterwards. Returns U.
+    # prefix pass is branch-free (a row is written at u every time, u advancing past rows that occur): whether
+    # a row occurs is random, and a branch on it measured 2x slower; table t's segment of the scratch arrays,
+    # from table_start[t] + t, has one entry more than its lookups for the writes past its last distinct row. The
+    # distinct rows then go in parallel to their compact place. s_scale and s_occ are filled only when they
+    # have P entries (the per-sample weights' gradient needs them). Returns (uniq_table, uniq_row, uniq_ptr).
     T = table_rows.shape[0]
     S = slot_key.shape[0]
+    P = table_start[T]
+    psw_fields = s_occ.shape[0] == P
     n_uniq = np.zeros(T, np.int64)
+    seg_row = np.empty(P + T, np.int64)
+    seg_ptr = np.empty(P + T, np.int64)
     one = s_coef.dtype.type(1)
     for t in prange(T):
         base = table_start[t]
         if table_start[t + 1] == base:
             continue
-        count = np.zeros(table_rows[t], np.int64)
+        count = np.zeros(table_rows[t], np.int32)
         for s in range(S):
             if slot_table[s] == t:
                 k = slot_key[s]
                 for j in range(offsets[k * B], offsets[(k + 1) * B]):
                     count[indices[j]] += 1
         pos = base
-        u = base
+        u = base + t
         for r in range(table_rows[t]):
             c = count[r]
-            if c > 0:
-                uniq_row[u] = r
-                uniq_ptr[u] = pos
-                u += 1
-            count[r] = pos
+            seg_row[u] = r
+            seg_ptr[u] = pos
+            u += c > 0
+            count[r] = pos - base
             pos += c
-        n_uniq[t] = u - base
+        n_uniq[t] = u - (base + t)
         for s in range(S):
             if slot_table[s] != t:
                 continue
@@ -149,22 +156,28 @@ def _group_by_row_cpu(indices, offsets, slot_key, slot_table, goff0, bag_stride,
                 scale = one / (end - start) if mean and end > start else one
                 goff = goff0[s] + b * bag_stride[s]
                 for j in range(start, end):
-                    i = count[indices[j]]
-                    count[indices[j]] = i + 1
+                    i = base + count[indices[j]]
+                    count[indices[j]] += 1
                     s_goff[i] = goff + (j - first) * value_stride[s]
                     s_coef[i] = psw[j] * scale if weighted else scale
-                    s_scale[i] = scale
-                    s_occ[i] = occ_start[s] + (j - first)
-    # Moves to lower positions only, table after table.
-    U = 0
+                    if psw_fields:
+                        s_scale[i] = scale
+                        s_occ[i] = occ_start[s] + (j - first)
+    uniq_base = np.zeros(T + 1, np.int64)
     for t in range(T):
-        for u in range(table_start[t], table_start[t] + n_uniq[t]):
-            uniq_table[U] = t
-            uniq_row[U] = uniq_row[u]
-            uniq_ptr[U] = uniq_ptr[u]
-            U += 1
-    uniq_ptr[U] = table_start[T]
-    return U
+        uniq_base[t + 1] = uniq_base[t] + n_uniq[t]
+    U = uniq_base[T]
+    uniq_table = np.empty(U, np.int64)
+    uniq_row = np.empty(U, np.int64)
+    uniq_ptr = np.empty(U + 1, np.int64)
+    uniq_ptr[U] = P
+    for t in prange(T):
+        src, dst = table_start[t] + t, uniq_base[t]
+        for u in range(n_uniq[t]):
+            uniq_table[dst + u] = t
+            uniq_row[dst + u] = seg_row[src + u]
+            uniq_ptr[dst + u] = seg_ptr[src + u]
+    return uniq_table, uniq_row, uniq_ptr
 
 
 def _occ_layout(lookups: Lookups, table_rows: np.ndarray):
@@ -174,24 +187,25 @@ def _occ_layout(lookups: Lookups, table_rows: np.ndarray):
     return occ_start, table_start
 
 
-def group_rows(lookups: Lookups, table_rows: np.ndarray, acc_dtype: torch.dtype) -> RowGroups:
-    """RowGroups of the lookups: the CPU counting sort, or `group_rows_torch` on CUDA."""
+def group_rows(lookups: Lookups, table_rows: np.ndarray, acc_dtype: torch.dtype,
+               psw_fields: bool = True) -> RowGroups:
+    """RowGroups of the lookups: the CPU counting sort, or `group_rows_torch` on CUDA. Without psw_fields, scale
+    and occ (only the per-sample weights' gradient reads them) are left empty on the CPU."""
     if _device.is_cuda(lookups.indices):
         return group_rows_torch(lookups, table_rows, acc_dtype)
     occ_start, table_start = _occ_layout(lookups, table_rows)
     P = int(occ_start[-1])
-    goff, occ, uniq_table, uniq_row = (torch.empty(P, dtype=torch.int64) for _ in range(4))
-    coef, scale = torch.empty(P, dtype=acc_dtype), torch.empty(P, dtype=acc_dtype)
-    uniq_ptr = torch.empty(P + 1, dtype=torch.int64)
+    kept = P if psw_fields else 0
+    goff, coef = torch.empty(P, dtype=torch.int64), torch.empty(P, dtype=acc_dtype)
+    scale, occ = torch.empty(kept, dtype=acc_dtype), torch.empty(kept, dtype=torch.int64)
     psw = lookups.per_sample_weights
-    U = _group_by_row_cpu(
+    uniq_table, uniq_row, uniq_ptr = _group_by_row_cpu(
         lookups.indices.numpy(), lookups.offsets.numpy(), lookups.slot_key, lookups.slot_table, lookups.goff0,
         lookups.bag_stride, lookups.value_stride, occ_start, table_rows, table_start,
         (psw if psw is not None else coef[:0]).numpy(), psw is not None, lookups.mean, lookups.batch_size,
-        goff.numpy(), coef.numpy(), scale.numpy(), occ.numpy(), uniq_table.numpy(), uniq_row.numpy(),
-        uniq_ptr.numpy(),
+        goff.numpy(), coef.numpy(), scale.numpy(), occ.numpy(),
     )
-    return RowGroups(goff, coef, scale, occ, uniq_table[:U], uniq_row[:U], uniq_ptr[:U + 1], occ_start)
+    return RowGroups(goff, coef, scale, occ, *map(torch.from_numpy, (uniq_table, uniq_row, uniq_ptr)), occ_start)
 
 
 def group_rows_torch(lookups: Lookups, table_rows: np.ndarray, acc_dtype: torch.dtype) -> RowGroups:
@@ -224,54 +238,105 @@ def group_rows_torch(lookups: Lookups, table_rows: np.ndarray, acc_dtype: torch.
 # ---------------------------------------------------------------------------------------------------------
 
 
+def step_row(w, grad, lr, bf16):
+    """w_d <- w_d - lr grad_d for every d, in place (w a table row: float, or 16-bit bits converted as in
+    _jagged.add_row and rounded back to nearest even). In place rather than into another row: LLVM's run-time
+    overlap check would find the two rows equal and take its scalar loop."""
+
+
+def adagrad_row(w, G, grad, lr, eps, bf16):
+    """(w_d, G_d) <- adagrad_element(w_d, G_d, grad_d, lr, eps) for every d, in place (rows as in step_row)."""
+
+
+def _row_in_16_bits(w) -> bool:
+    return isinstance(w, types.Array) and w.dtype == types.uint16
+
+
+@overload(step_row, jit_options=_jagged.ROW_JIT, inline="always")
+def _step_row_jit(w, grad, lr, bf16):
+    if _row_in_16_bits(w):
+        def impl(w, grad, lr, bf16):
+            if bf16:
+                for d in range(grad.shape[0]):
+                    w[d] = _jagged.f32_to_bf16_bits(_jagged.bf16_bits_to_f32(w[d]) - lr * grad[d])
+            else:
+                for d in range(grad.shape[0]):
+                    w[d] = _jagged.f32_to_f16_bits(_jagged.f16_bits_to_f32(w[d]) - lr * grad[d])
+        return impl
+
+    def impl(w, grad, lr, bf16):
+        for d in range(grad.shape[0]):
+            w[d] -= lr * grad[d]
+    return impl
+
+
+@overload(adagrad_row, jit_options=_jagged.ROW_JIT, inline="always")
+def _adagrad_row_jit(w, G, grad, lr, eps, bf16):
+    if _row_in_16_bits(w):
+        def impl(w, G, grad, lr, eps, bf16):
+            for d in range(grad.shape[0]):
+                value = _jagged.bf16_bits_to_f32(w[d]) if bf16 else _jagged.f16_bits_to_f32(w[d])
+                value, G[d] = adagrad_element(value, G[d], grad[d], lr, eps)
+                w[d] = _jagged.f32_to_bf16_bits(value) if bf16 else _jagged.f32_to_f16_bits(value)
+        return impl
+
+    def impl(w, G, grad, lr, eps, bf16):
+        for d in range(grad.shape[0]):
+            w[d], G[d] = adagrad_element(w[d], G[d], grad[d], lr, eps)
+    return impl
+
+
 @_device.cpu_helper()
 def _apply_row(tab, target, bf16, r, a, e, g, s_goff, s_coef, s_scale, s_occ, G2, G1, rule, lr, eps,
                want_psw, psw_occ, grad, row, lanes):
     # g_r into `grad` (lookups in sorted order), the psw dot products with the row before its update, the rule.
     # The gradient rows are not prefetched: the output gradient (B x total_dim) mostly sits in L3, and
     # prefetching them measured slower.
+    # Each pass over the row is a vector loop with a run-time trip count, whose set-up costs about as much as a
+    # 64-wide body: the first lookup initialises the sum, and the update reads, steps and stores the row in one
+    # pass (step_row, adagrad_row).
     D = tab.shape[1]
     grad = grad[:D]
-    row = row[:D]
+    go = g[s_goff[a]:s_goff[a] + D]
+    coef = s_coef[a]
     for d in range(D):
-        grad[d] = 0
-    for i in range(a, e):
+        grad[d] = coef * go[d]
+    for i in range(a + 1, e):
         go = g[s_goff[i]:s_goff[i] + D]
         coef = s_coef[i]
         for d in range(D):
             grad[d] += coef * go[d]
-    if want_psw or rule != WRITE:
-        _jagged.load_row(tab[r], row, bf16)
     if want_psw:
+        row = row[:D]
+        _jagged.load_row(tab[r], row, bf16)
         for i in range(a, e):
             psw_occ[s_occ[i]] = s_scale[i] * _device.row_dot(g[s_goff[i]:s_goff[i] + D], row, lanes)
     if rule == READ:
         return
     if rule == WRITE:
         _jagged.store_row(grad, target[r], bf16)
-        return
-    if rule == SGD:
-        for d in range(D):
-            row[d] -= lr * grad[d]
+    elif rule == SGD:
+        step_row(tab[r], grad, lr, bf16)
     elif rule == ADAGRAD:
-        G = G2[r]
-        for d in range(D):
-            row[d], G[d] = adagrad_element(row[d], G[d], grad[d], lr, eps)
+        adagrad_row(tab[r], G2[r], grad, lr, eps, bf16)
     elif D > 0:
         G1[r] += _device.row_dot(grad, grad, lanes) / D
-        m = rowwise_multiplier(G1[r], lr, eps)
-        for d in range(D):
-            row[d] -= m * grad[d]
-    _jagged.store_row(row, target[r], bf16)
+        step_row(tab[r], grad, rowwise_multiplier(G1[r], lr, eps), bf16)
 
 
 @_device.cpu_helper()
 def _apply_table_rows(tab, target, bf16, u0, u1, uniq_row, uniq_ptr, g, s_goff, s_coef, s_scale, s_occ, G2, G1,
                       rule, lr, eps, want_psw, psw_occ, grad, row, lanes):
-    # Distinct rows [u0, u1) of one table, the row PREFETCH_AHEAD places on prefetched when it is read.
+    # Distinct rows [u0, u1) of one table; the row PREFETCH_AHEAD places on is prefetched when it will be read,
+    # and so is its optimizer state.
     for u in range(u0, u1):
-        if (want_psw or rule != WRITE) and u + _jagged.PREFETCH_AHEAD < u1:
-            _jagged.prefetch_row(tab, uniq_row[u + _jagged.PREFETCH_AHEAD])
+        if (want_psw or rule > WRITE) and u + _jagged.PREFETCH_AHEAD < u1:
+            ahead = uniq_row[u + _jagged.PREFETCH_AHEAD]
+            _jagged.prefetch_row(tab, ahead)
+            if rule == ADAGRAD:
+                _jagged.prefetch_row(G2, ahead)
+            elif rule == ROWWISE_ADAGRAD:
+                _jagged.prefetch_bytes(G1, ahead * G1.itemsize, G1.itemsize)
         _apply_row(tab, target, bf16, uniq_row[u], uniq_ptr[u], uniq_ptr[u + 1], g, s_goff, s_coef, s_scale, s_occ,
                    G2, G1, rule, lr, eps, want_psw, psw_occ, grad, row, lanes)
 
@@ -473,13 +538,14 @@ def launch_cuda_psw_reduce(psw_occ, group_ptr, group_slots, first, count, occ_st
 def row_step(grad: Tensor, lookups: Lookups, tables: Sequence[Tensor], targets: Sequence[Tensor],
              state: Sequence[Tensor], rule: int, lr: float, eps: float, want_psw: bool) -> Optional[Tensor]:
     """Apply `rule` to every table row the lookups touched (module docstring); returns dw [num values] (acc
-    dtype) when want_psw, else None. grad: the flat output gradient in the acc dtype; targets: the tables
-    themselves for the optimizer rules, zeroed dense gradients (same dtypes) for WRITE."""
+    dtype) when want_psw, else None. grad: the flat output gradient in the acc dtype; targets: zeroed dense
+    gradients (same dtypes) for WRITE, the tables themselves otherwise (the optimizer rules update them in
+    place)."""
     acc_dtype = grad.dtype
     device = grad.device
     args = _jagged.table_args(tables, acc_dtype, device)
     out_args = _jagged.table_args(targets, acc_dtype, device) if targets is not tables else args
-    groups = group_rows(lookups, args.rows, acc_dtype)
+    groups = group_rows(lookups, args.rows, acc_dtype, psw_fields=want_psw)
     P = int(groups.occ_start[-1])
     psw_occ = torch.zeros(P if want_psw else 0, dtype=acc_dtype, device=device)
     state2 = _states(state, 2, acc_dtype, device)

@@ -172,3 +172,20 @@ def test_check_state_errors():
         so.check_state("adagrad", [torch.zeros(2, 3).t()], tables, torch.float32)
     with pytest.raises(TypeError, match="state must be a list of tensors, got Tensor"):
         so.check_state("adagrad", torch.zeros(3, 2), tables, torch.float32)
+
+
+def test_counting_sort_of_many_tables_in_parallel():
+    # Every table's lookups are distinct rows, its first row among them and its last rows not: each table's
+    # prefix pass runs up to the end of its segment while the next table's segment is written by another thread.
+    rng = np.random.default_rng(4)
+    T, B = 12, 4
+    lengths = np.tile([2, 0, 1, 2], T)
+    ids = np.concatenate([np.r_[0, rng.permutation(np.arange(1, 6))[:4]] for _ in range(T)])
+    lk = lookups(ids=ids, lengths=lengths, slots=[(k, k) for k in range(T)], B=B, goff0=np.arange(T) * 2,
+                 bag_stride=np.full(T, 2 * T), value_stride=np.zeros(T))
+    table_rows = np.full(T, 9, np.int64)
+    want = grouping_reference(lk, table_rows)
+    for _ in range(20):
+        got = flatten(so.group_rows(lk, table_rows, torch.float32))
+        assert [(t, r, [x[0] for x in rows]) for t, r, rows in got] == \
+            [(t, r, [x[0] for x in rows]) for t, r, rows in want]

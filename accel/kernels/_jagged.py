@@ -126,7 +126,9 @@ def row_value(wide, half, fmt, i, row, d):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Row helpers of the CPU kernels (inlined; generic over the table's element type)
+# Row helpers of the CPU kernels (inlined; generic over the table's element type). Numba's disk cache keys a
+# kernel by its own file only: after editing a helper here, clear accel/kernels/__pycache__ so that the kernels
+# in the other files recompile against it.
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from accel.kernels import pooled_lookup as pooled_kernels
 from accel.kernels import sequence_lookup as sequence_kernels
 from accel.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from refimpl.modules.embedding_configs import check_tables
+from refimpl.modules.embedding_modules import get_embedding_names_by_table as spec_names_by_table
 from accel.sparse import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 from accel.validate import MissingKeyError, missing_key
 from refimpl import validate as spec
@@ -66,15 +67,9 @@ def get_embedding_names_by_table(tables: Configs) -> List[List[str]]:
     """name(t, f) = f if feature f occurs once over all tables' feature_names, else "f@t".
 
     Returns one list per table, in table and feature order (tables without features give []).
+    Naming is configuration, not maths, so accel uses refimpl's rule as is.
     """
-    seen: Dict[str, int] = {}
-    for table in tables:
-        for feature in table.feature_names:
-            seen[feature] = seen.get(feature, 0) + 1
-    return [
-        [feature if seen[feature] == 1 else f"{feature}@{table.name}" for feature in table.feature_names]
-        for table in tables
-    ]
+    return spec_names_by_table(tables)
 
 
 def reorder_inverse_indices(

@@ -1,0 +1,166 @@
+"""Managed-collision history: recording a batch into the window, and the coalesce of a window at an eviction
+round:
+
+    record:    h[p : p + n] = v;  hl[p : p + n] = cur                       (hl only for LRU / DistanceLFU)
+    coalesce:  u = unique(h) ascending,  c_j = #{i : h_i = u_j},  la_j = max{hl_i : h_i = u_j}
+
+Shapes: h, hl int64 (>= p,) (the window is h[:p]); v int64 (n,) -> u, c, la int64 (U,).
+Source: semantics.md 11.3 "profile" steps 3-4 and "coalesce" steps 1 and 3 (TorchRec: torch.unique with
+counts and inverse, then a scatter-max of the window's iterations).
+
+The coalesce sorts the window with an LSD radix sort on the ids' offsets from the window minimum (as many
+11-bit digits as that range needs: 3 for ids spread over 10^9, 2 for a window of small ids), stable, carrying
+hl. A stable sort of a chronological window leaves each id's latest iteration last in its group, but the
+maximum is taken anyway, so an out-of-order window (a loaded state) coalesces the same way. One pass reads
+and writes the window once per digit, sequentially into 2048 buckets: at 6.5 million ids (eviction interval
+100 at 65,536 ids a batch) that is about 20 times faster than a comparison sort.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from accel.kernels import _device
+
+# Digit width of the radix sort: 2048 buckets of counts (16 KiB) stay in L1 while a pass scatters.
+_DIGIT_BITS = 11
+_BUCKETS = 1 << _DIGIT_BITS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------
+
+
+@_device.cpu_jit()
+def _record_cpu(h, hl, p, v, cur, with_last):
+    # Sequential copy: the window is appended to in batch order.
+    for i in range(v.shape[0]):
+        h[p + i] = v[i]
+    if with_last:
+        for i in range(v.shape[0]):
+            hl[p + i] = cur
+
+
+@_device.cpu_jit()
+def _radix_sort(keys, payload, with_payload):
+    # Stable LSD radix sort of keys (uint64, offsets from the minimum) carrying payload; returns the sorted pair.
+    n = keys.shape[0]
+    top = np.uint64(0)
+    for i in range(n):
+        if keys[i] > top:
+            top = keys[i]
+    passes = 0
+    while top > 0:
+        passes += 1
+        top >>= np.uint64(_DIGIT_BITS)
+    src_k, dst_k = keys, np.empty_like(keys)
+    src_p, dst_p = payload, np.empty_like(payload)
+    mask = np.uint64(_BUCKETS - 1)
+    count = np.empty(_BUCKETS, np.int64)
+    for d in range(passes):
+        shift = np.uint64(d * _DIGIT_BITS)
+        count[:] = 0
+        for i in range(n):
+            count[(src_k[i] >> shift) & mask] += 1
+        total = 0
+        for b in range(_BUCKETS):
+            c = count[b]
+            count[b] = total
+            total += c
+        for i in range(n):
+            b = (src_k[i] >> shift) & mask
+            at = count[b]
+            dst_k[at] = src_k[i]
+            if with_payload:
+                dst_p[at] = src_p[i]
+            count[b] = at + 1
+        src_k, dst_k = dst_k, src_k
+        src_p, dst_p = dst_p, src_p
+    return src_k, src_p
+
+
+@_device.cpu_jit()
+def _coalesce_cpu(h, hl, with_last):
+    # Sort the window by id offset (radix), then one pass over the groups: first id, size, latest iteration.
+    n = h.shape[0]
+    lo = h[0]
+    for i in range(n):
+        if h[i] < lo:
+            lo = h[i]
+    keys = np.empty(n, np.uint64)
+    for i in range(n):
+        # Two's-complement difference: exact for any pair of int64 ids.
+        keys[i] = np.uint64(h[i]) - np.uint64(lo)
+    payload = hl.copy() if with_last else np.empty(0, np.int64)
+    keys, payload = _radix_sort(keys, payload, with_last)
+    u = np.empty(n, np.int64)
+    c = np.empty(n, np.int64)
+    la = np.zeros(n if with_last else 0, np.int64)
+    groups = 0
+    i = 0
+    while i < n:
+        k = keys[i]
+        j = i
+        latest = payload[i] if with_last else 0
+        while j < n and keys[j] == k:
+            if with_last and payload[j] > latest:
+                latest = payload[j]
+            j += 1
+        u[groups] = np.int64(k + np.uint64(lo))
+        c[groups] = j - i
+        if with_last:
+            la[groups] = latest
+        groups += 1
+        i = j
+    return u[:groups], c[:groups], la[:groups]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def grown(buffer: torch.Tensor, used: int, needed: int) -> torch.Tensor:
+    """buffer itself when it holds `needed` entries, else a copy of its first `used` entries in a buffer of
+    max(needed, 2 * len) entries (doubling keeps the copies amortised O(1) an id)."""
+    if needed <= buffer.shape[0]:
+        return buffer
+    bigger = torch.zeros(max(needed, 2 * buffer.shape[0]), dtype=buffer.dtype, device=buffer.device)
+    bigger[:used] = buffer[:used]
+    return bigger
+
+
+def record(h: torch.Tensor, hl: Optional[torch.Tensor], p: int, values: torch.Tensor, cur: int) -> int:
+    """h[p : p + n] = values, hl[p : p + n] = cur (when hl is given); returns p + n.
+
+    h, hl: int64 windows with room for p + n entries (the caller grows them with `grown`)."""
+    n = values.shape[0]
+    if p < 0 or p + n > h.shape[0] or (hl is not None and p + n > hl.shape[0]):
+        raise ValueError(f"record: window expected room for {p + n} entries, got {h.shape[0]}")
+    if n == 0:
+        return p
+    if _device.is_cuda(h):
+        h[p : p + n] = values
+        if hl is not None:
+            hl[p : p + n] = cur
+        return p + n
+    dummy = hl if hl is not None else h[:0]
+    _record_cpu(h.numpy(), dummy.numpy(), p, values.contiguous().numpy(), cur, hl is not None)
+    return p + n
+
+
+def coalesce(h: torch.Tensor, hl: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(u, c, la) of the window h (module docstring); la is None when hl is None. CPU tensors in and out."""
+    if h.dtype != torch.int64 or (hl is not None and (hl.dtype != torch.int64 or hl.shape != h.shape)):
+        raise TypeError("coalesce: h and hl expected int64 tensors of one shape")
+    if h.numel() == 0:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty.clone(), None if hl is None else empty.clone()
+    with_last = hl is not None
+    dummy = hl if with_last else h[:0]
+    u, c, la = _coalesce_cpu(h.contiguous().numpy(), dummy.contiguous().numpy(), with_last)
+    return torch.from_numpy(u), torch.from_numpy(c), torch.from_numpy(la) if with_last else None

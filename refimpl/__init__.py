@@ -44,6 +44,23 @@ _EXPORTS: Dict[str, str] = {
     "BaseGroupedFeatureProcessor": "refimpl.modules.feature_processor",
     "PositionWeightedModule": "refimpl.modules.feature_processor",
     "PositionWeightedProcessor": "refimpl.modules.feature_processor",
+    # mc_modules
+    "ManagedCollisionModule": "refimpl.modules.mc_modules",
+    "MCHManagedCollisionModule": "refimpl.modules.mc_modules",
+    "ManagedCollisionCollection": "refimpl.modules.mc_modules",
+    "MCHEvictionPolicyMetadataInfo": "refimpl.modules.mc_modules",
+    "MCHEvictionPolicy": "refimpl.modules.mc_modules",
+    "LFU_EvictionPolicy": "refimpl.modules.mc_modules",
+    "LRU_EvictionPolicy": "refimpl.modules.mc_modules",
+    "DistanceLFU_EvictionPolicy": "refimpl.modules.mc_modules",
+    "apply_mc_method_to_jt_dict": "refimpl.modules.mc_modules",
+    "dynamic_threshold_filter": "refimpl.modules.mc_modules",
+    "average_threshold_filter": "refimpl.modules.mc_modules",
+    "probabilistic_threshold_filter": "refimpl.modules.mc_modules",
+    # mc_embedding_modules
+    "BaseManagedCollisionEmbeddingCollection": "refimpl.modules.mc_embedding_modules",
+    "ManagedCollisionEmbeddingBagCollection": "refimpl.modules.mc_embedding_modules",
+    "ManagedCollisionEmbeddingCollection": "refimpl.modules.mc_embedding_modules",
     # embedding_tower
     "EmbeddingTower": "refimpl.modules.embedding_tower",
     "EmbeddingTowerCollection": "refimpl.modules.embedding_tower",

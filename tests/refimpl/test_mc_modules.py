@@ -581,3 +581,91 @@ def test_collection_load_resorts_every_table():
     np.testing.assert_array_equal(got["_managed_collision_modules.t2._mch_sorted_raw_ids"], [4, 9, M])
     np.testing.assert_array_equal(got["_managed_collision_modules.t2._mch_remapped_ids_mapping"], [1, 0, 2])
     np.testing.assert_array_equal(got["_managed_collision_modules.t2._mch_counts"], [5, 2, 0])
+
+
+# --- TorchRec 1.8 itself, on a seeded random stream ---------------------------------------------------
+def _torchrec_pair(policy_name, decay, filter_name, Z, I, hashing, offset):
+    torch = pytest.importorskip("torch")
+    tmc = pytest.importorskip("torchrec.modules.mc_modules", reason="TorchRec 1.8 is the behavioural oracle")
+    filters = {None: (None, None),
+               "average": (average_threshold_filter, tmc.average_threshold_filter),
+               "dynamic": (functools.partial(dynamic_threshold_filter, threshold_skew_multiplier=1.0),
+                           functools.partial(tmc.dynamic_threshold_filter, threshold_skew_multiplier=1.0))}
+    ours_filter, theirs_filter = filters[filter_name]
+    args = {} if policy_name == "LFU" else {"decay_exponent": decay}
+    ours_policy = {"LFU": LFU_EvictionPolicy, "LRU": LRU_EvictionPolicy, "DLFU": DistanceLFU_EvictionPolicy}[policy_name]
+    theirs_policy = {"LFU": tmc.LFU_EvictionPolicy, "LRU": tmc.LRU_EvictionPolicy,
+                     "DLFU": tmc.DistanceLFU_EvictionPolicy}[policy_name]
+    common = dict(zch_size=Z, eviction_interval=I, output_global_offset=offset)
+    if hashing:
+        common.update(input_hash_size=23, input_hash_func=lambda x, s: x % s)
+    ours = MCHManagedCollisionModule(device=None, eviction_policy=ours_policy(threshold_filtering_func=ours_filter, **args),
+                                     **common)
+    theirs = tmc.MCHManagedCollisionModule(device=torch.device("cpu"),
+                                           eviction_policy=theirs_policy(threshold_filtering_func=theirs_filter, **args),
+                                           **common)
+    return ours, theirs
+
+
+def _assert_same_state(ours, theirs, where):
+    theirs_sd = theirs.state_dict()
+    assert list(ours.state_dict()) == list(theirs_sd), where
+    for key, value in ours.state_dict().items():
+        np.testing.assert_array_equal(value, theirs_sd[key].numpy(), err_msg=f"{where}: {key}")
+
+
+STREAM_CASES = [
+    (policy, decay, filt, I, hashing)
+    for policy, decay, filt in [("LFU", None, None), ("LRU", 1.0, None), ("DLFU", 1.0, None), ("LRU", 2.0, None),
+                                ("DLFU", 2.0, None), ("LFU", None, "average"), ("DLFU", 1.0, "dynamic")]
+    for I in (1, 2, 3)
+    for hashing in (False, True)
+]
+
+
+@pytest.mark.parametrize("policy, decay, filt, I, hashing", STREAM_CASES)
+def test_random_stream_matches_torchrec(policy, decay, filt, I, hashing):
+    torch = pytest.importorskip("torch")
+    tjt = pytest.importorskip("torchrec.sparse.jagged_tensor", reason="TorchRec 1.8 is the behavioural oracle")
+    seed = STREAM_CASES.index((policy, decay, filt, I, hashing))
+    rng = np.random.default_rng(seed)
+    offset = 7 if hashing else 0
+    ours, theirs = _torchrec_pair(policy, decay, filt, Z=8, I=I, hashing=hashing, offset=offset)
+    first = 10
+    for step in range(24):
+        train = step == 0 or rng.random() < 0.8
+        ours.train(train)
+        theirs.train(train)
+        # Later batches are no larger than the first, so TorchRec's window (sized by it) never overflows.
+        # TorchRec's dynamic filter divides by the number of ids: its windows must not be empty.
+        smallest = 1 if filt == "dynamic" else 0
+        total = first if step == 0 else int(rng.integers(smallest, first + 1))
+        sizes = [first] if step == 0 else [int(n) for n in rng.multinomial(total, [0.5, 0.5])]
+        low, high = (-50, 200) if hashing else (0, 25)
+        batch = {f"f{k}": rng.integers(low, high, n) for k, n in enumerate(sizes)}
+        mine = ours({k: _jt(v) for k, v in batch.items()})
+        theirs_out = theirs({k: tjt.JaggedTensor(values=torch.tensor(v), lengths=torch.tensor([len(v)]))
+                             for k, v in batch.items()})
+        where = f"step {step} ({'train' if train else 'eval'})"
+        for k in batch:
+            np.testing.assert_array_equal(mine[k].values(), theirs_out[k].values().numpy(), err_msg=where)
+        if rng.random() < 0.6:  # otherwise the evictions stay pending and accumulate
+            ev, tev = ours.evict(), theirs.evict()
+            assert (ev is None) == (tev is None), where
+            if ev is not None:
+                np.testing.assert_array_equal(ev, tev.numpy(), err_msg=where)
+        _assert_same_state(ours, theirs, where)
+        np.testing.assert_array_equal(ours.open_slots(), theirs.open_slots().numpy(), err_msg=where)
+
+
+def test_load_resort_matches_torchrec():
+    torch = pytest.importorskip("torch")
+    ours, theirs = _torchrec_pair("DLFU", 1.0, None, Z=5, I=1, hashing=False, offset=0)
+    sd = _state(ours)
+    sd["_mch_sorted_raw_ids"] = np.array([30, 10, 20, M, M])
+    sd["_mch_counts"] = np.array([3, 1, 2, 0, 0])
+    sd["_mch_last_access_iter"] = np.array([1, 2, 3, 0, 0])
+    ours.load_state_dict(sd)
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
+    _assert_same_state(ours, theirs, "after load")
+    _assert_table(ours, [10, 20, 30, M, M], [1, 2, 0, 3, 4], [1, 2, 3, 0, 0], [2, 3, 1, 0, 0])

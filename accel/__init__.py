@@ -45,6 +45,23 @@ _EXPORTS: Dict[str, str] = {
     # embedding_tower
     "EmbeddingTower": "accel.modules.embedding_tower",
     "EmbeddingTowerCollection": "accel.modules.embedding_tower",
+    # mc_modules
+    "MCHEvictionPolicyMetadataInfo": "accel.modules.mc_modules",
+    "MCHEvictionPolicy": "accel.modules.mc_modules",
+    "LFU_EvictionPolicy": "accel.modules.mc_modules",
+    "LRU_EvictionPolicy": "accel.modules.mc_modules",
+    "DistanceLFU_EvictionPolicy": "accel.modules.mc_modules",
+    "ManagedCollisionModule": "accel.modules.mc_modules",
+    "MCHManagedCollisionModule": "accel.modules.mc_modules",
+    "ManagedCollisionCollection": "accel.modules.mc_modules",
+    "apply_mc_method_to_jt_dict": "accel.modules.mc_modules",
+    "dynamic_threshold_filter": "accel.modules.mc_modules",
+    "average_threshold_filter": "accel.modules.mc_modules",
+    "probabilistic_threshold_filter": "accel.modules.mc_modules",
+    # mc_embedding_modules
+    "BaseManagedCollisionEmbeddingCollection": "accel.modules.mc_embedding_modules",
+    "ManagedCollisionEmbeddingBagCollection": "accel.modules.mc_embedding_modules",
+    "ManagedCollisionEmbeddingCollection": "accel.modules.mc_embedding_modules",
     # lazy_extension
     "LazyModuleExtensionMixin": "accel.modules.lazy_extension",
 }

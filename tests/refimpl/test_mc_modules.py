@@ -669,3 +669,41 @@ def test_load_resort_matches_torchrec():
     theirs.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
     _assert_same_state(ours, theirs, "after load")
     _assert_table(ours, [10, 20, 30, M, M], [1, 2, 0, 3, 4], [1, 2, 3, 0, 0], [2, 3, 1, 0, 0])
+
+
+def test_collection_stream_matches_torchrec_with_a_fixed_key_order():
+    torch = pytest.importorskip("torch")
+    tmc = pytest.importorskip("torchrec.modules.mc_modules", reason="TorchRec 1.8 is the behavioural oracle")
+    tcfg = pytest.importorskip("torchrec.modules.embedding_configs")
+    tjt = pytest.importorskip("torchrec.sparse.jagged_tensor")
+    ours_cfg = [EmbeddingBagConfig(6, 2, name="t1", feature_names=["f1", "f2"]),
+                EmbeddingBagConfig(5, 2, name="t2", feature_names=["f3"])]
+    theirs_cfg = [tcfg.EmbeddingBagConfig(6, 2, name="t1", feature_names=["f1", "f2"]),
+                  tcfg.EmbeddingBagConfig(5, 2, name="t2", feature_names=["f3"])]
+    ours = ManagedCollisionCollection({"t1": _mch(6, DistanceLFU_EvictionPolicy(), I=2),
+                                       "t2": _mch(5, LFU_EvictionPolicy())}, ours_cfg)
+    cpu = torch.device("cpu")
+    theirs = tmc.ManagedCollisionCollection(
+        {"t1": tmc.MCHManagedCollisionModule(6, cpu, tmc.DistanceLFU_EvictionPolicy(), 2),
+         "t2": tmc.MCHManagedCollisionModule(5, cpu, tmc.LFU_EvictionPolicy(), 1)}, theirs_cfg)
+    rng = np.random.default_rng(11)
+    keys = ["f3", "x", "f1", "f2"]  # one order throughout: TorchRec's cached permutation stays right
+    for step in range(12):
+        lengths = rng.integers(0, 3, 2 * len(keys)) if step else np.full(2 * len(keys), 2)
+        values = rng.integers(0, 12, int(lengths.sum()))
+        weights = rng.random(values.shape[0])
+        out = ours(KeyedJaggedTensor(keys, values, weights=weights, lengths=lengths))
+        ref = theirs(tjt.KeyedJaggedTensor(keys, torch.tensor(values), weights=torch.tensor(weights),
+                                           lengths=torch.tensor(lengths)))
+        assert out.keys() == ref.keys() == ["f1", "f2", "f3"]
+        np.testing.assert_array_equal(out.values(), ref.values().numpy(), err_msg=f"step {step}")
+        np.testing.assert_array_equal(out.lengths(), ref.lengths().numpy(), err_msg=f"step {step}")
+        np.testing.assert_array_equal(out.weights(), ref.weights().numpy(), err_msg=f"step {step}")
+        for key, value in ours.state_dict().items():
+            np.testing.assert_array_equal(value, theirs.state_dict()[key].numpy(), err_msg=f"step {step}: {key}")
+        ev, tev = ours.evict(), theirs.evict()
+        assert list(ev) == list(tev) == ["t1", "t2"]
+        for table in ev:
+            assert (ev[table] is None) == (tev[table] is None), f"step {step}: {table}"
+            if ev[table] is not None:
+                np.testing.assert_array_equal(ev[table], tev[table].numpy(), err_msg=f"step {step}: {table}")

@@ -25,7 +25,11 @@ from refimpl.modules.embedding_modules import (
     EmbeddingCollection,
     as_keyed_jagged_tensor,
 )
-from refimpl.modules.mc_modules import ManagedCollisionCollection, TrainingMode, check_state_layout
+from refimpl.modules.mc_modules import (
+    ManagedCollisionCollection,
+    TrainingMode,
+    check_state_layout,
+)
 from refimpl.sparse import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 __all__ = [
@@ -107,7 +111,7 @@ def evict(
 
 def evict_as_torchrec(evictions: Mapping[str, Optional[Array]], ebc: EmbeddingModule) -> None:
     """TorchRec 1.8's evict: nothing happens; the new owner of a slot reads the previous owner's row (D30)."""
-    return None
+    return
 
 
 def configs_match(a: Sequence[Any], b: Sequence[Any]) -> bool:

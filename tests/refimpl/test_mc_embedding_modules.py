@@ -8,8 +8,15 @@ against draws from a copy of the generator.
 import numpy as np
 import pytest
 
-from refimpl.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
-from refimpl.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from refimpl.modules.embedding_configs import (
+    EmbeddingBagConfig,
+    EmbeddingConfig,
+    PoolingType,
+)
+from refimpl.modules.embedding_modules import (
+    EmbeddingBagCollection,
+    EmbeddingCollection,
+)
 from refimpl.modules.mc_embedding_modules import (
     BaseManagedCollisionEmbeddingCollection,
     ManagedCollisionEmbeddingBagCollection,
@@ -68,7 +75,7 @@ def _weight(m):
 # --- TorchRec's test_zch_ebc_ec_train ----------------------------------------------------------------
 EXPECTED_REMAP = [
     (1000, [19] * 10, [19] * 10),
-    (1000, list(range(0, 10)), list(range(10, 19)) + [19]),
+    (1000, list(range(10)), list(range(10, 19)) + [19]),
     (2000, [19] * 10, list(range(10, 19)) + [19]),
     (2000, list(range(1, 10)) + [19], list(range(10, 19)) + [0]),
 ]

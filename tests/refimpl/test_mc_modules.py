@@ -343,6 +343,7 @@ def test_negative_raw_ids_are_managed():
     np.testing.assert_array_equal(m.state_dict()["_mch_sorted_raw_ids"], [-(2**63), -5, 0, M])
     np.testing.assert_array_equal(out, m.remap({"t": _jt([-5, -5, 0, -(2**63)])})["t"].values())
     np.testing.assert_array_equal(out, [0, 0, 2, 1])  # -5 most frequent, then MIN < 0 by id
+    _assert_evict(ev, [0, 1, 2])
 
 
 def test_reset_inference_mode_clears_pending_evictions():
@@ -445,7 +446,7 @@ def test_state_dict_mid_stream_continues_identically(policy):
     ({"input_hash_size": 0}, ValueError, r"input_hash_size expected >= 1, got 0"),
 ])
 def test_bad_configuration(kwargs, error, pattern):
-    args = dict(zch_size=4, device=None, eviction_policy=LFU_EvictionPolicy(), eviction_interval=1, name="t")
+    args = {"zch_size": 4, "device": None, "eviction_policy": LFU_EvictionPolicy(), "eviction_interval": 1, "name": "t"}
     args.update(kwargs)
     with pytest.raises(error, match=pattern):
         MCHManagedCollisionModule(**args)
@@ -518,7 +519,7 @@ def test_tv14_collection(order):
     sd = mcc.state_dict()
     np.testing.assert_array_equal(sd["_managed_collision_modules.t1._mch_sorted_raw_ids"], [10, 11, 12, M])
     np.testing.assert_array_equal(sd["_managed_collision_modules.t2._mch_sorted_raw_ids"], [7, M, M])
-    assert list(sd)[0] == f"_managed_collision_modules.{order[0]}._output_segments_tensor"
+    assert next(iter(sd)) == f"_managed_collision_modules.{order[0]}._output_segments_tensor"
 
 
 def test_collection_maps_by_key_on_every_call():
@@ -596,7 +597,7 @@ def _torchrec_pair(policy_name, decay, filter_name, Z, I, hashing, offset):
     ours_policy = {"LFU": LFU_EvictionPolicy, "LRU": LRU_EvictionPolicy, "DLFU": DistanceLFU_EvictionPolicy}[policy_name]
     theirs_policy = {"LFU": tmc.LFU_EvictionPolicy, "LRU": tmc.LRU_EvictionPolicy,
                      "DLFU": tmc.DistanceLFU_EvictionPolicy}[policy_name]
-    common = dict(zch_size=Z, eviction_interval=I, output_global_offset=offset)
+    common = {"zch_size": Z, "eviction_interval": I, "output_global_offset": offset}
     if hashing:
         common.update(input_hash_size=23, input_hash_func=lambda x, s: x % s)
     ours = MCHManagedCollisionModule(device=None, eviction_policy=ours_policy(threshold_filtering_func=ours_filter, **args),

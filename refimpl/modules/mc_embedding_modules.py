@@ -111,7 +111,6 @@ def evict(
 
 def evict_as_torchrec(evictions: Mapping[str, Optional[Array]], ebc: EmbeddingModule) -> None:
     """TorchRec 1.8's evict: nothing happens; the new owner of a slot reads the previous owner's row (D30)."""
-    return
 
 
 def configs_match(a: Sequence[Any], b: Sequence[Any]) -> bool:

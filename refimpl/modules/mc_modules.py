@@ -643,13 +643,15 @@ class ManagedCollisionCollection(TrainingMode, Module):
                 if kjt.weights_or_none() is not None:
                     weights.append(source[feature].weights())
         dtype = kjt.values().dtype
-        return KeyedJaggedTensor(
+        # Parts of a validated KJT, regrouped like TorchRec's permute: a feature read by two tables
+        # appears twice among the keys, so the unique-key check of the constructor does not apply.
+        return KeyedJaggedTensor._trusted(
             list(self._feature_names),
             np.concatenate(values) if values else np.empty(0, dtype=dtype),
-            weights=None if kjt.weights_or_none() is None else (
-                np.concatenate(weights) if weights else kjt.weights()[:0]),
-            lengths=np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int32),
-            stride=kjt.stride(),
+            None if kjt.weights_or_none() is None else (np.concatenate(weights) if weights else kjt.weights()[:0]),
+            np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int32),
+            None,
+            kjt.stride(),
         )
 
     def evict(self) -> Dict[str, Optional[Array]]:

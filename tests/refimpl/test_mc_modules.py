@@ -533,6 +533,18 @@ def test_collection_maps_by_key_on_every_call():
     np.testing.assert_array_equal(out.lengths(), [1, 1, 1, 0, 1, 0])
 
 
+def test_collection_feature_shared_by_two_tables():
+    configs = [EmbeddingBagConfig(4, 2, name="t1", feature_names=["f"]),
+               EmbeddingBagConfig(5, 2, name="t2", feature_names=["f"])]
+    mcc = ManagedCollisionCollection({"t1": _mch(4, LFU_EvictionPolicy()), "t2": _mch(5, LFU_EvictionPolicy())},
+                                     configs)
+    out = mcc(KeyedJaggedTensor(["f"], np.array([3, 4, 3]), lengths=np.array([2, 1])))
+    assert out.keys() == ["f", "f"]  # as TorchRec's permute: one copy per table
+    # t1 (Z=4): 3 then 4 take slots 1, 2; t2 (Z=5): slots 2, 3
+    np.testing.assert_array_equal(out.values(), [1, 2, 1, 2, 3, 2])
+    np.testing.assert_array_equal(out.lengths(), [2, 1, 2, 1])
+
+
 def test_collection_missing_feature_raises_before_any_state_changes():
     mcc = _tv14_collection()
     before = {k: v.copy() for k, v in mcc.state_dict().items()}

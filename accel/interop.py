@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import types
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -94,8 +95,8 @@ def _in_features(module: nn.Module, first: str) -> int:
     )
 
 
-def _activation_fn(fn: Any, convert: Convert) -> Any:
-    """A module activation is converted (it may hold state); a plain function is used as is."""
+def _callable(fn: Any, convert: Convert) -> Any:
+    """A module (an activation, a tower's interaction) is converted; a plain function is used as is."""
     return convert(fn) if isinstance(fn, nn.Module) else fn
 
 
@@ -107,7 +108,7 @@ def _perceptron_args(m: nn.Module, convert: Convert) -> Tuple[tuple, dict]:
     linear = m._linear
     return (linear.in_features, linear.out_features), {
         "bias": linear.bias is not None,
-        "activation": _activation_fn(m._activation_fn, convert),
+        "activation": _callable(m._activation_fn, convert),
     }
 
 
@@ -131,7 +132,7 @@ def _low_rank_args(m: nn.Module, convert: Convert) -> Tuple[tuple, dict]:
 
 def _mixture_args(m: nn.Module, convert: Convert) -> Tuple[tuple, dict]:
     args = (m._in_features, m._num_layers, m._num_experts, m._low_rank)
-    return args, {"activation": _activation_fn(m._activation, convert)}
+    return args, {"activation": _callable(m._activation, convert)}
 
 
 def _no_args(m: nn.Module, convert: Convert) -> Tuple[tuple, dict]:
@@ -147,35 +148,29 @@ def _position_args(m: nn.Module, convert: Convert) -> Tuple[tuple, dict]:
 
 
 def _tower_args(m: nn.Module, convert: Convert) -> Tuple[tuple, dict]:
-    return (convert(m.embedding), convert(m.interaction)), {}
+    return (_callable(m.embedding, convert), _callable(m.interaction, convert)), {}
 
 
 def _towers_args(m: nn.Module, convert: Convert) -> Tuple[tuple, dict]:
     return ([convert(tower) for tower in m.towers],), {}
 
 
-class _Pair(types.SimpleNamespace):
-    """accel class, TorchRec class, constructor-argument reader, optional finishing step."""
-
-
-def _dense_pairs(trec: types.SimpleNamespace) -> List[_Pair]:
-    def pair(ours: type, theirs: type, args: ArgsReader, finish: Optional[Callable] = None) -> _Pair:
-        return _Pair(ours=ours, theirs=theirs, args=args, finish=finish)
-
+def _dense_pairs(trec: types.SimpleNamespace) -> List[Tuple[type, type, ArgsReader, Optional[Callable]]]:
+    """(accel class, TorchRec class, constructor-argument reader, finishing step or None)."""
     return [
-        pair(activation.SwishLayerNorm, trec.activation.SwishLayerNorm, _swish_args),
-        pair(mlp.Perceptron, trec.mlp.Perceptron, _perceptron_args),
-        pair(mlp.MLP, trec.mlp.MLP, _mlp_args, _finish_mlp),
-        pair(crossnet.CrossNet, trec.crossnet.CrossNet, _crossnet_args),
-        pair(crossnet.LowRankCrossNet, trec.crossnet.LowRankCrossNet, _low_rank_args),
-        pair(crossnet.VectorCrossNet, trec.crossnet.VectorCrossNet, _crossnet_args),
-        pair(crossnet.LowRankMixtureCrossNet, trec.crossnet.LowRankMixtureCrossNet, _mixture_args),
-        pair(deepfm.FactorizationMachine, trec.deepfm.FactorizationMachine, _no_args),
-        pair(deepfm.DeepFM, trec.deepfm.DeepFM, _deepfm_args),
-        pair(feature_processor.PositionWeightedModule, trec.fp.PositionWeightedModule, _position_args),
-        pair(feature_processor.PositionWeightedProcessor, trec.fp.PositionWeightedProcessor, _position_args),
-        pair(embedding_tower.EmbeddingTower, trec.tower.EmbeddingTower, _tower_args),
-        pair(embedding_tower.EmbeddingTowerCollection, trec.tower.EmbeddingTowerCollection, _towers_args),
+        (activation.SwishLayerNorm, trec.activation.SwishLayerNorm, _swish_args, None),
+        (mlp.Perceptron, trec.mlp.Perceptron, _perceptron_args, None),
+        (mlp.MLP, trec.mlp.MLP, _mlp_args, _finish_mlp),
+        (crossnet.CrossNet, trec.crossnet.CrossNet, _crossnet_args, None),
+        (crossnet.LowRankCrossNet, trec.crossnet.LowRankCrossNet, _low_rank_args, None),
+        (crossnet.VectorCrossNet, trec.crossnet.VectorCrossNet, _crossnet_args, None),
+        (crossnet.LowRankMixtureCrossNet, trec.crossnet.LowRankMixtureCrossNet, _mixture_args, None),
+        (deepfm.FactorizationMachine, trec.deepfm.FactorizationMachine, _no_args, None),
+        (deepfm.DeepFM, trec.deepfm.DeepFM, _deepfm_args, None),
+        (feature_processor.PositionWeightedModule, trec.fp.PositionWeightedModule, _position_args, None),
+        (feature_processor.PositionWeightedProcessor, trec.fp.PositionWeightedProcessor, _position_args, None),
+        (embedding_tower.EmbeddingTower, trec.tower.EmbeddingTower, _tower_args, None),
+        (embedding_tower.EmbeddingTowerCollection, trec.tower.EmbeddingTowerCollection, _towers_args, None),
     ]
 
 
@@ -227,8 +222,21 @@ def _configs_from_torchrec(configs: List[Any], trec: types.SimpleNamespace) -> L
             trec.configs.EmbeddingConfig: embedding_configs.EmbeddingConfig,
             trec.configs.EmbeddingTableConfig: embedding_configs.EmbeddingTableConfig,
         }[type(config)]
-        out.append(_config_to(config, kind, enums))
+        converted = _config_to(config, kind, enums)
+        if _is_default_init(config.init_fn, converted):
+            converted.init_fn = None  # recspec's spelling of the same default (D12)
+        out.append(converted)
     return out
+
+
+def _is_default_init(init_fn: Any, config: Any) -> bool:
+    """TorchRec's config fills init_fn with U(min, max) of its bounds when none is given."""
+    return (
+        isinstance(init_fn, functools.partial)
+        and init_fn.func is torch.nn.init.uniform_
+        and not init_fn.args
+        and init_fn.keywords == {"a": config.get_weight_init_min(), "b": config.get_weight_init_max()}
+    )
 
 
 # --- embedding collections: what TorchRec cannot represent ------------------------------------------
@@ -327,9 +335,9 @@ class _Converter:
         self.drop = drop_optimizer_state
         self.memo: Dict[int, Any] = {}
         self.dense: Dict[type, Tuple[type, ArgsReader, Optional[Callable]]] = {}
-        for p in _dense_pairs(self.trec):
-            source, target = (p.ours, p.theirs) if to_trec else (p.theirs, p.ours)
-            self.dense[source] = (target, p.args, p.finish)
+        for ours, theirs, reader, finish in _dense_pairs(self.trec):
+            source, target = (ours, theirs) if to_trec else (theirs, ours)
+            self.dense[source] = (target, reader, finish)
         t = self.trec.modules
         if to_trec:
             self.collections = {

@@ -621,13 +621,26 @@ class ManagedCollisionCollection(TrainingMode, Module):
                         f"{self._who}: features expected key '{feature}' (a feature of table '{config.name}') "
                         f"among the input's keys {kjt.keys()}, got no such key"
                     )
+            hashed = getattr(self._modules_by_table[config.name], "_input_hash_func", None) is not None
+            for feature in config.feature_names:
+                self._check_feature_ids(feature, config.name, jt_dict[feature].values(), hashed)
             jts = [jt_dict[f] for f in config.feature_names]
             values = np.concatenate([jt.values() for jt in jts]) if jts else np.empty(0, dtype=np.int64)
             lengths = np.concatenate([jt.lengths() for jt in jts]) if jts else np.empty(0, dtype=np.int64)
             inputs[config.name] = {config.name: JaggedTensor(values=values, lengths=lengths)}
         return inputs
 
+    def _check_feature_ids(self, feature: str, table: str, ids: Array, hashed: bool) -> None:
+        """Errors that name the feature, ahead of the module's own checks (which see one array per table)."""
+        where = f"{self._who}: feature '{feature}' (table '{table}')"
+        if ids.dtype != np.int64:
+            raise TypeError(f"{where}: ids expected dtype int64, got {ids.dtype}")
+        if not hashed and (ids == MAX).any():
+            raise ValueError(f"{where}: ids expected values below 2**63 - 1 (the reserved empty-slot sentinel), "
+                             f"got 2**63 - 1 at position {int(np.argmax(ids == MAX))}")
+
     def forward(self, features: Any, mutate_miss_lengths: bool = True) -> KeyedJaggedTensor:
+        """Remap every table's features with its module (see the class); in training this profiles."""
         kjt = as_keyed_jagged_tensor(features, self._who)
         inputs = self._table_inputs(kjt)
         # Every table's ids are checked (and hashed) before any module records anything.

@@ -552,8 +552,11 @@ def test_collection_missing_feature_raises_before_any_state_changes():
     with pytest.raises(ValueError, match=r"expected key 'f3' \(a feature of table 't2'\)"):
         mcc(kjt)
     bad_t2 = KeyedJaggedTensor(["f1", "f2", "f3"], np.array([1, 2, M]), lengths=np.array([1, 1, 1]))
-    with pytest.raises(ValueError, match=r"feature 't2' \(table 't2'\): ids expected values below 2\*\*63 - 1"):
+    with pytest.raises(ValueError, match=r"feature 'f3' \(table 't2'\): ids expected values below 2\*\*63 - 1"):
         mcc(bad_t2)
+    int32_ids = KeyedJaggedTensor(["f1", "f2", "f3"], np.array([1, 2, 3], dtype=np.int32), lengths=np.array([1, 1, 1]))
+    with pytest.raises(TypeError, match=r"feature 'f1' \(table 't1'\): ids expected dtype int64, got int32"):
+        mcc(int32_ids)
     for key, value in before.items():
         np.testing.assert_array_equal(mcc.state_dict()[key], value)
 

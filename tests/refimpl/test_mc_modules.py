@@ -633,7 +633,8 @@ def _assert_same_state(ours, theirs, where):
 STREAM_CASES = [
     (policy, decay, filt, I, hashing)
     for policy, decay, filt in [("LFU", None, None), ("LRU", 1.0, None), ("DLFU", 1.0, None), ("LRU", 2.0, None),
-                                ("DLFU", 2.0, None), ("LFU", None, "average"), ("DLFU", 1.0, "dynamic")]
+                                ("DLFU", 2.0, None), ("LRU", 2, None), ("DLFU", 0.5, None),
+                                ("LFU", None, "average"), ("DLFU", 1.0, "dynamic")]
     for I in (1, 2, 3)
     for hashing in (False, True)
 ]

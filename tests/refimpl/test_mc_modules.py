@@ -724,3 +724,18 @@ def test_collection_stream_matches_torchrec_with_a_fixed_key_order():
             assert (ev[table] is None) == (tev[table] is None), f"step {step}: {table}"
             if ev[table] is not None:
                 np.testing.assert_array_equal(ev[table], tev[table].numpy(), err_msg=f"step {step}: {table}")
+
+
+PAGE_NAMES = ["DistanceLFU_EvictionPolicy", "LFU_EvictionPolicy", "LRU_EvictionPolicy", "MCHEvictionPolicy",
+              "MCHEvictionPolicyMetadataInfo", "MCHManagedCollisionModule", "ManagedCollisionCollection",
+              "ManagedCollisionModule", "apply_mc_method_to_jt_dict", "average_threshold_filter",
+              "dynamic_threshold_filter", "probabilistic_threshold_filter"]
+
+
+@pytest.mark.parametrize("name", PAGE_NAMES)
+def test_every_page_name_resolves_here_and_at_the_root(name):
+    import refimpl
+    import refimpl.modules.mc_modules as mc
+
+    assert getattr(refimpl, name) is getattr(mc, name)
+    assert name in mc.__all__

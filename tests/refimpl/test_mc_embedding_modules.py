@@ -259,3 +259,13 @@ def test_missing_feature_or_weights_raise_before_any_state_changes():
     for module, saved in ((m, before), (weighted, w_before)):
         for key, value in saved.items():
             np.testing.assert_array_equal(module.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", ["BaseManagedCollisionEmbeddingCollection", "ManagedCollisionEmbeddingBagCollection",
+                                  "ManagedCollisionEmbeddingCollection"])
+def test_page_classes_resolve_at_the_root(name):
+    import refimpl
+    import refimpl.modules.mc_embedding_modules as mce
+
+    assert getattr(refimpl, name) is getattr(mce, name)
+    assert callable(mce.evict) and "evict" in mce.__all__

@@ -55,7 +55,8 @@ def _tables_of(module: EmbeddingModule) -> Tuple[str, List[Any]]:
     if isinstance(module, EmbeddingCollection):
         return "embeddings", list(module.embedding_configs())
     raise TypeError(
-        f"embedding_module expected a refimpl EmbeddingBagCollection or EmbeddingCollection, got {type(module).__name__}"
+        "embedding_module expected a refimpl EmbeddingBagCollection or EmbeddingCollection, "
+        f"got {type(module).__name__}"
     )
 
 
@@ -166,7 +167,8 @@ class BaseManagedCollisionEmbeddingCollection(TrainingMode, Module):
         if not configs_match(configs, mc_configs):
             raise ValueError(
                 f"{self._who}: the embedding module's configs expected to equal the managed collision "
-                f"collection's (fields {', '.join(_COMPARED_FIELDS)}), got {_describe(configs)} and {_describe(mc_configs)}"
+                f"collection's (fields {', '.join(_COMPARED_FIELDS)}), got {_describe(configs)} and "
+                f"{_describe(mc_configs)}"
             )
         for config in mc_configs:
             offset = getattr(managed_collision_collection.module_of(config.name), "_output_global_offset", 0)

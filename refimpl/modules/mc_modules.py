@@ -311,7 +311,9 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
                 f"can be managed), got {zch_size}"
             )
         if eviction_interval < 1:
-            raise ValueError(f"{who}: eviction_interval expected >= 1 (training calls per round), got {eviction_interval}")
+            raise ValueError(
+                f"{who}: eviction_interval expected >= 1 (training calls per round), got {eviction_interval}"
+            )
         if input_hash_size < 1:
             raise ValueError(f"{who}: input_hash_size expected >= 1, got {input_hash_size}")
         if not isinstance(eviction_policy, MCHEvictionPolicy):

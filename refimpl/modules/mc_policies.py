@@ -197,7 +197,9 @@ class MCHEvictionPolicy(ABC):
     ) -> Tuple[Array, Array]:
         """Update the table metadata in place and return (evicted slots, selected candidates)."""
 
-    def _compute_selected_eviction_and_replacement_indices(self, pivot: int, eviction_scores: Array) -> Tuple[Array, Array]:
+    def _compute_selected_eviction_and_replacement_indices(
+        self, pivot: int, eviction_scores: Array
+    ) -> Tuple[Array, Array]:
         return select_evictions(pivot, eviction_scores)
 
 

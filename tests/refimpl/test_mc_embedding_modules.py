@@ -232,7 +232,7 @@ def test_different_configs_are_rejected():
 def test_wrong_module_kinds_are_rejected():
     configs = _configs(EmbeddingConfig)
     ec = EmbeddingCollection(configs, rng=np.random.default_rng(0))
-    with pytest.raises(TypeError, match="embedding_bag_collection expected an EmbeddingBagCollection, got EmbeddingCollection"):
+    with pytest.raises(TypeError, match="embedding_bag_collection expected an EmbeddingBagCollection, got Embedding"):
         ManagedCollisionEmbeddingBagCollection(ec, _mcc(configs))
     with pytest.raises(TypeError, match="managed_collision_collection expected a ManagedCollisionCollection, got dict"):
         ManagedCollisionEmbeddingCollection(ec, {})

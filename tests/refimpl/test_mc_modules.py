@@ -9,6 +9,8 @@ import functools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from refimpl.modules.embedding_configs import EmbeddingBagConfig
 from refimpl.modules.mc_modules import (
@@ -461,7 +463,8 @@ def test_deprecated_mch_size_is_ignored_with_a_warning():
 @pytest.mark.parametrize("ids, error, pattern", [
     (np.array([1, 2], dtype=np.int32), TypeError, r"feature 't' \(table 'tab'\): ids expected dtype int64, got int32"),
     (np.array([1.0, 2.0]), TypeError, r"feature 't' \(table 'tab'\): ids expected dtype int64, got float64"),
-    (np.array([1, M], dtype=np.int64), ValueError, r"feature 't' \(table 'tab'\): ids expected values below 2\*\*63 - 1"),
+    (np.array([1, M], dtype=np.int64), ValueError,
+     r"feature 't' \(table 'tab'\): ids expected values below 2\*\*63 - 1"),
 ])
 def test_bad_ids_leave_the_state_untouched(ids, error, pattern):
     m = _mch(4, LRU_EvictionPolicy(), name="tab")
@@ -482,7 +485,8 @@ def test_bad_ids_leave_the_state_untouched(ids, error, pattern):
 @pytest.mark.parametrize("hash_func, error, pattern", [
     (lambda x, s: x, ValueError, r"input_hash_func expected ids in \[0, input_hash_size=7\), got 7 for input id 7"),
     (lambda x, s: x % s - 1, ValueError, r"expected ids in \[0, input_hash_size=7\), got -1"),
-    (lambda x, s: (x % s).astype(np.int32), TypeError, r"input_hash_func expected to return int64 ids, got dtype int32"),
+    (lambda x, s: (x % s).astype(np.int32), TypeError,
+     r"input_hash_func expected to return int64 ids, got dtype int32"),
 ])
 def test_bad_hash_output_leaves_the_state_untouched(hash_func, error, pattern):
     m = _mch(4, LFU_EvictionPolicy(), input_hash_size=7, input_hash_func=hash_func, name="tab")
@@ -609,17 +613,21 @@ def _torchrec_pair(policy_name, decay, filter_name, Z, I, hashing, offset):
                            functools.partial(tmc.dynamic_threshold_filter, threshold_skew_multiplier=1.0))}
     ours_filter, theirs_filter = filters[filter_name]
     args = {} if policy_name == "LFU" else {"decay_exponent": decay}
-    ours_policy = {"LFU": LFU_EvictionPolicy, "LRU": LRU_EvictionPolicy, "DLFU": DistanceLFU_EvictionPolicy}[policy_name]
+    ours_policy = {"LFU": LFU_EvictionPolicy, "LRU": LRU_EvictionPolicy,
+                   "DLFU": DistanceLFU_EvictionPolicy}[policy_name]
     theirs_policy = {"LFU": tmc.LFU_EvictionPolicy, "LRU": tmc.LRU_EvictionPolicy,
                      "DLFU": tmc.DistanceLFU_EvictionPolicy}[policy_name]
     common = {"zch_size": Z, "eviction_interval": I, "output_global_offset": offset}
     if hashing:
         common.update(input_hash_size=23, input_hash_func=lambda x, s: x % s)
-    ours = MCHManagedCollisionModule(device=None, eviction_policy=ours_policy(threshold_filtering_func=ours_filter, **args),
-                                     **common)
-    theirs = tmc.MCHManagedCollisionModule(device=torch.device("cpu"),
-                                           eviction_policy=theirs_policy(threshold_filtering_func=theirs_filter, **args),
-                                           **common)
+    ours = MCHManagedCollisionModule(
+        device=None, eviction_policy=ours_policy(threshold_filtering_func=ours_filter, **args), **common
+    )
+    theirs = tmc.MCHManagedCollisionModule(
+        device=torch.device("cpu"),
+        eviction_policy=theirs_policy(threshold_filtering_func=theirs_filter, **args),
+        **common,
+    )
     return ours, theirs
 
 
@@ -739,3 +747,39 @@ def test_every_page_name_resolves_here_and_at_the_root(name):
 
     assert getattr(refimpl, name) is getattr(mc, name)
     assert name in mc.__all__
+
+
+# --- invariants over random streams ------------------------------------------------------------------
+def _table(m):
+    sd = m.state_dict()
+    raw, mapping = sd["_mch_sorted_raw_ids"], sd["_mch_remapped_ids_mapping"]
+    return {int(r): int(o) for r, o in zip(raw, mapping) if r != M}
+
+
+@settings(deadline=None)
+@given(
+    policy=st.sampled_from(["LFU", "LRU", "DLFU"]),
+    I=st.integers(1, 3),
+    offset=st.integers(-5, 5),
+    stream=st.lists(st.tuples(st.booleans(), st.lists(st.integers(-8, 8), max_size=7)), min_size=1, max_size=8),
+)
+def test_table_invariants_on_random_streams(policy, I, offset, stream):
+    Z = 5
+    pol = {"LFU": LFU_EvictionPolicy, "LRU": LRU_EvictionPolicy, "DLFU": DistanceLFU_EvictionPolicy}[policy]()
+    m = _mch(Z, pol, I=I, output_global_offset=offset)
+    for train, ids in stream:
+        before, state = _table(m), _state(m)
+        m.train(train)
+        out, _ = _step(m, ids)
+        raw = m.state_dict()["_mch_sorted_raw_ids"]
+        assert (raw[1:] >= raw[:-1]).all() and raw[-1] == M  # sorted (np.diff would wrap), sentinel last
+        assert len(_table(m)) == int((raw != M).sum()) <= Z - 1  # no duplicates, at most Z - 1 managed
+        assert sorted(m.state_dict()["_mch_remapped_ids_mapping"]) == list(range(offset, offset + Z))
+        assert m.state_dict()["_mch_remapped_ids_mapping"][-1] == offset + Z - 1  # the miss id stays the sentinel's
+        assert ((out >= offset) & (out < offset + Z)).all()
+        after = _table(m)
+        for raw_id in set(before) & set(after):
+            assert before[raw_id] == after[raw_id]  # a resident keeps its output id
+        if not train:
+            for key, value in state.items():
+                np.testing.assert_array_equal(m.state_dict()[key], value)

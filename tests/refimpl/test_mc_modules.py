@@ -783,3 +783,18 @@ def test_table_invariants_on_random_streams(policy, I, offset, stream):
         if not train:
             for key, value in state.items():
                 np.testing.assert_array_equal(m.state_dict()[key], value)
+
+
+def test_reset_inference_mode_then_training_matches_torchrec():
+    torch = pytest.importorskip("torch")
+    tjt = pytest.importorskip("torchrec.sparse.jagged_tensor", reason="TorchRec 1.8 is the behavioural oracle")
+    ours, theirs = _torchrec_pair("LFU", None, None, Z=5, I=1, hashing=False, offset=0)
+    for step, ids in enumerate([[1, 2], [3], [4, 4], [5, 6], [7]]):
+        if step == 2:
+            ours.reset_inference_mode()
+            theirs.reset_inference_mode()
+        ours({"t": _jt(ids)})
+        theirs({"t": tjt.JaggedTensor(values=torch.tensor(ids), lengths=torch.tensor([len(ids)]))})
+        _assert_same_state(ours, theirs, f"step {step}")
+    # iteration 2 - (-1) != 1 from then on: no further round admits 4..7 (TorchRec's behaviour, kept)
+    np.testing.assert_array_equal(ours.state_dict()["_mch_sorted_raw_ids"], [1, 2, 3, M, M])

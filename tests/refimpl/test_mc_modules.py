@@ -798,3 +798,28 @@ def test_reset_inference_mode_then_training_matches_torchrec():
         _assert_same_state(ours, theirs, f"step {step}")
     # iteration 2 - (-1) != 1 from then on: no further round admits 4..7 (TorchRec's behaviour, kept)
     np.testing.assert_array_equal(ours.state_dict()["_mch_sorted_raw_ids"], [1, 2, 3, M, M])
+
+
+def test_load_into_a_trained_module_matches_torchrec():
+    # The iteration counter is read from the state only on the first training call, and the
+    # window recorded so far survives the load: both as in TorchRec.
+    torch = pytest.importorskip("torch")
+    tjt = pytest.importorskip("torchrec.sparse.jagged_tensor", reason="TorchRec 1.8 is the behavioural oracle")
+    ours, theirs = _torchrec_pair("DLFU", 1.0, None, Z=6, I=2, hashing=False, offset=0)
+    donor = _mch(6, DistanceLFU_EvictionPolicy(), I=2)
+    for ids in ([9, 9, 8], [7, 9], [6, 6, 6, 6], [5]):
+        _step(donor, ids)
+
+    def both(ids):
+        ours({"t": _jt(ids)})
+        theirs({"t": tjt.JaggedTensor(values=torch.tensor(ids), lengths=torch.tensor([len(ids)]))})
+
+    for ids in ([1, 2, 2], [3, 1], [4, 4, 4]):
+        both(ids)
+    sd = _state(donor)
+    ours.load_state_dict(sd)
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
+    _assert_same_state(ours, theirs, "after load")
+    for step, ids in enumerate(([1, 9], [4, 6, 2], [3, 3])):
+        both(ids)
+        _assert_same_state(ours, theirs, f"step {step} after load")

@@ -498,7 +498,10 @@ def sharder_fused_params(module: nn.Module) -> Dict[str, Any]:
     except ImportError as error:
         raise ImportError(_TORCHREC_MISSING.format(what="sharder_fused_params")) from error
     rule = rules.pop()
-    params: Dict[str, Any] = {"optimizer": getattr(EmbOptimType, _FBGEMM_OPTIMIZERS[rule.name]), "learning_rate": rule.lr}
+    params: Dict[str, Any] = {
+        "optimizer": getattr(EmbOptimType, _FBGEMM_OPTIMIZERS[rule.name]),
+        "learning_rate": rule.lr,
+    }
     if rule.name != "sgd":
         params["eps"] = rule.eps
     return params

@@ -100,7 +100,9 @@ def kjt(bags: Dict[str, List[List[int]]], samples: slice) -> accel.KeyedJaggedTe
             lengths.append(len(bag))
             values.extend(bag)
     return accel.KeyedJaggedTensor(
-        keys=list(KEYS), values=torch.tensor(values, dtype=torch.int64), lengths=torch.tensor(lengths, dtype=torch.int64)
+        keys=list(KEYS),
+        values=torch.tensor(values, dtype=torch.int64),
+        lengths=torch.tensor(lengths, dtype=torch.int64),
     )
 
 

@@ -131,9 +131,9 @@ def select_evictions(pivot: int, scores: Array) -> Tuple[Array, Array]:
     """
     r = stable_argsort_descending(scores)
     keep, drop = r[:pivot], r[pivot:]
-    sel = np.array([i - pivot for i in keep if i >= pivot], dtype=np.int64)
-    ev = np.array([i for i in drop if i < pivot], dtype=np.int64)
-    return ev, sel
+    sel = keep[keep >= pivot] - pivot
+    ev = drop[drop < pivot]
+    return ev.astype(np.int64), sel.astype(np.int64)
 
 
 # --- the policy interface ---------------------------------------------------------------------

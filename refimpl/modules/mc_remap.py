@@ -72,8 +72,7 @@ def last_access_per_id(hl: Array, inv: Array, m: int) -> Array:
     Shapes: hl (p,), inv (p,) -> la (m,) int64. Source: semantics.md 11.3 round step 3.
     """
     la = np.full(m, np.iinfo(np.int64).min, dtype=np.int64)
-    for i in range(hl.shape[0]):
-        la[inv[i]] = max(la[inv[i]], hl[i])
+    np.maximum.at(la, inv, hl.astype(np.int64))
     return la
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import List
 
-from conformance.properties import dense, embeddings
+from conformance.properties import dense, embeddings, mc
 from conformance.records import Build, Record
 
-RECORDS: List[Record] = list(dense.RECORDS) + list(embeddings.RECORDS)
+RECORDS: List[Record] = list(dense.RECORDS) + list(embeddings.RECORDS) + list(mc.RECORDS)
 GOLDEN: List[Build] = list(dense.GOLDEN) + list(embeddings.GOLDEN)
 
 

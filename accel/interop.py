@@ -479,7 +479,8 @@ def sharder_fused_params(module: nn.Module) -> Dict[str, Any]:
     rowwise_adagrad -> EXACT_ROWWISE_ADAGRAD, with the same learning_rate (and eps for the Adagrads).
 
     module: an accel collection in fused-optimizer mode, or a model whose fused collections all
-    share one rule (EmbeddingBagCollectionSharder(fused_params=...) takes one rule per sharder).
+    share one rule (EmbeddingBagCollectionSharder(fused_params=...) takes one rule per sharder);
+    collections without a fused optimizer are not consulted.
     """
     fused = {
         name or "(the module itself)": sub._fused

@@ -178,14 +178,19 @@ def run_rank(rank: int, port: int, out_dir: Path) -> None:
         "reference": reference.state_dict(),
         "back_output": back(final["dense"], kjt(final["bags"], slice(None))).detach(),
         "reference_output": reference(final["dense"], kjt(final["bags"], slice(None))).detach(),
-        "plan": {name: str(kind) for name, kind in _sharding_types(plan).items()},
+        "plan": _sharding_types(plan),
     }
     torch.save(result, out_dir / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def _sharding_types(plan) -> Dict[str, str]:
-    return {name: spec.sharding_type for module_plan in plan.plan.values() for name, spec in module_plan.items()}
+def _sharding_types(plan) -> Dict[str, tuple]:
+    """table -> (sharding type, ranks holding its shards)."""
+    return {
+        name: (spec.sharding_type, sorted(spec.ranks))
+        for module_plan in plan.plan.values()
+        for name, spec in module_plan.items()
+    }
 
 
 # --- the test: start, bound and read the two ranks --------------------------------------------------------
@@ -242,9 +247,11 @@ def ranks(tmp_path_factory) -> List[dict]:
 
 
 def test_plan_is_table_wise_and_column_wise_as_constrained(ranks):
-    expected = {name: kind for name, _, _, _, kind in TABLES}
     for result in ranks:
-        assert result["plan"] == expected
+        assert {name: kind for name, (kind, _) in result["plan"].items()} == {t[0]: t[4] for t in TABLES}
+        for name, (kind, holders) in result["plan"].items():
+            # A column-wise table is split over both ranks; a table-wise one lives on one.
+            assert len(holders) == (WORLD_SIZE if kind == "column_wise" else 1), (name, holders)
 
 
 def test_accel_state_loads_into_the_sharded_model_unchanged(ranks):

@@ -427,7 +427,7 @@ class _Converter:
 def to_torchrec(obj: Any, *, device: DeviceLike = None, drop_optimizer_state: bool = False) -> Any:
     """accel -> TorchRec: sparse types (same tensors), configs, modules and models (copies; module docstring).
 
-    device: None keeps each module's device; "meta" gives the structure only, for
+    device (modules only): None keeps each module's device; "meta" gives the structure only, for
     DistributedModelParallel; any other device copies the state there.
     drop_optimizer_state: convert a collection in fused-optimizer mode, discarding its update rule
     and accumulators (otherwise a ValueError says what would be lost).
@@ -448,14 +448,17 @@ def _convert(obj: Any, to_trec: bool, device: DeviceLike, drop_optimizer_state: 
     trec = _torchrec(what)
     if isinstance(obj, nn.Module):
         return _Converter(to_trec, device, drop_optimizer_state)(obj)
+    if device is not None:
+        raise ValueError(
+            f"{what}: device expected None for a {type(obj).__name__} (sparse types keep their tensors, configs "
+            f"hold none; move a KJT with .to()), got {device!r}"
+        )
     if to_trec:
         if isinstance(obj, list) and obj and all(_is_config(c, embedding_configs) for c in obj):
             return _configs_to_torchrec(obj, trec)
         if _is_config(obj, embedding_configs):
             return _configs_to_torchrec([obj], trec)[0]
-        sparse_types = (accel_sparse.JaggedTensor, accel_sparse.KeyedJaggedTensor, accel_sparse.KeyedTensor)
-        if isinstance(obj, sparse_types + (refimpl_sparse.JaggedTensor, refimpl_sparse.KeyedJaggedTensor,
-                                           refimpl_sparse.KeyedTensor)):
+        if isinstance(obj, _SPARSE_TYPES):
             return accel_sparse.to_torchrec(obj)
         expected = "an accel module or model, an embedding config (or list of them), or an accel/refimpl sparse type"
     else:
@@ -468,6 +471,12 @@ def _convert(obj: Any, to_trec: bool, device: DeviceLike, drop_optimizer_state: 
             return accel_sparse.from_torchrec(obj)
         expected = "a TorchRec module or model, embedding config (or list of them), or sparse type"
     raise TypeError(f"{what}: obj expected {expected}, got {type(obj).__name__}")
+
+
+_SPARSE_TYPES = (
+    accel_sparse.JaggedTensor, accel_sparse.KeyedJaggedTensor, accel_sparse.KeyedTensor,
+    refimpl_sparse.JaggedTensor, refimpl_sparse.KeyedJaggedTensor, refimpl_sparse.KeyedTensor,
+)
 
 
 def _is_config(obj: Any, configs: Any) -> bool:

@@ -375,6 +375,9 @@ def test_other_objects_are_type_errors(trec):
         to_torchrec("model")
     with pytest.raises(TypeError, match=r"from_torchrec: obj expected a TorchRec module .* got int"):
         from_torchrec(3)
+    features = kjt(["a"], rows=3, seed=20)
+    with pytest.raises(ValueError, match=r"to_torchrec: device expected None for a KeyedJaggedTensor .* got 'meta'"):
+        to_torchrec(features, device="meta")
 
 
 # --- sparse types and configs --------------------------------------------------------------------------

@@ -25,10 +25,12 @@ by a full stable sort instead, as TorchRec does.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
+
+from numba import njit
 
 from accel.kernels import _device
 from accel.kernels.mc_remap import _lower_bound_cpu
@@ -102,96 +104,159 @@ def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last):
     return n_ids[:m], n_c[:m], n_la[:m]
 
 
-@_device.cpu_helper()
-def _below(x, v, v_nan):
-    # x ranks strictly below the cut score v by score (torch.sort's descending order: NaN is the highest).
-    if v_nan:
-        return x == x
-    return x < v
+# Scores as uint64 keys that sort like torch.sort sorts the scores (NaN above +inf, -0.0 equal to 0.0): int64
+# with the sign bit flipped; floats by their bits, negatives reversed. Equal keys are exactly torch's ties.
+_SIGN64 = np.uint64(1 << 63)
+_SIGN32 = np.uint64(1 << 31)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_NAN32_KEY = np.uint64(1 << 32)
+_NAN64_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
+# Radix select: 16-bit digits, 4 levels for 64-bit keys; 65,536 counters (512 KiB) per level.
+_DIGIT = np.uint64(16)
+_DIGIT_MASK = np.uint64(0xFFFF)
+
+
+# Key kinds: the bits of int64, float32 or float64 scores.
+_INT_KEY, _F32_KEY, _F64_KEY = 0, 1, 2
 
 
 @_device.cpu_helper()
-def _at(x, v, v_nan):
-    # x is scored exactly the cut score v.
-    if v_nan:
-        return x != x
-    return x == v
+def _key(x, bits, kind):
+    # x a score, bits its bit pattern (the same memory viewed as unsigned).
+    b = np.uint64(bits)
+    if kind == _INT_KEY:
+        return b ^ _SIGN64
+    if x != x:
+        return _NAN32_KEY if kind == _F32_KEY else _NAN64_KEY
+    if x == 0:
+        return _SIGN32 if kind == _F32_KEY else _SIGN64
+    if kind == _F32_KEY:
+        return (~b & _LOW32) if b & _SIGN32 else (b | _SIGN32)
+    return ~b if b & _SIGN64 else (b | _SIGN64)
+
+
+# No fastmath here: "arcp" would turn count / distance into count * (1 / distance), which is not torch's
+# correctly rounded division, and the float32 ties must fall exactly as TorchRec's.
+@njit(cache=True, error_model="numpy")
+def _unit_decay_scores(distance_lfu, cur, counts, last, out):
+    # e = 1: (cur - last + 1)^1 is the float32 distance itself (torch's pow copies for exponent 1).
+    for i in range(last.shape[0]):
+        d = np.float32(cur - last[i] + 1)
+        out[i] = np.float32(counts[i]) / d if distance_lfu else -d
 
 
 @_device.cpu_jit()
-def _cut_cpu(s_table, s_new, big):
-    # The m lowest-ranked of the Z + m entries. The m-th lowest score v is found by a quickselect over a copy
-    # (NaN stood in for by `big`, the dtype's largest value, then told apart by counting); every entry scored
-    # below v is dropped, and of the entries scored v the ones with the highest concatenation index (the
-    # lowest rank among equal scores). Returns the dropped slots and the kept candidates, ascending.
-    Z = s_table.shape[0]
-    m = s_new.shape[0]
-    N = Z + m
-    w = np.empty(N, s_table.dtype)
-    nans = 0
-    for i in range(Z):
-        x = s_table[i]
-        if x != x:
-            nans += 1
-            x = big
-        w[i] = x
-    for j in range(m):
-        x = s_new[j]
-        if x != x:
-            nans += 1
-            x = big
-        w[Z + j] = x
-    v = np.partition(w, m - 1)[m - 1]
-    # The cut lies among the NaN scores when fewer than m entries are numbers.
-    v_nan = nans > 0 and N - nans < m
+def _kth_key(st, bt, sn, bn, kind, rank):
+    # The rank-th smallest key (0-based) of the table and candidate scores together: MSD radix select, each
+    # level counting the next 16-bit digit of the keys that share the digits chosen so far.
+    hist = np.empty(1 << 16, np.int64)
+    prefix = np.uint64(0)
+    for level in range(4):
+        shift = np.uint64(48 - 16 * level)
+        hist[:] = 0
+        for i in range(st.shape[0]):
+            x = _key(st[i], bt[i], kind)
+            if level == 0 or (x >> (shift + _DIGIT)) == prefix:
+                hist[(x >> shift) & _DIGIT_MASK] += 1
+        for i in range(sn.shape[0]):
+            x = _key(sn[i], bn[i], kind)
+            if level == 0 or (x >> (shift + _DIGIT)) == prefix:
+                hist[(x >> shift) & _DIGIT_MASK] += 1
+        b = 0
+        while rank >= hist[b]:
+            rank -= hist[b]
+            b += 1
+        prefix = (prefix << _DIGIT) | np.uint64(b)
+    return prefix
+
+
+@_device.cpu_jit()
+def _cut_cpu(st, bt, sn, bn, kind):
+    # The m lowest-ranked of the Z + m entries (rank: key descending, then concatenation index ascending):
+    # every entry keyed below v, the m-th smallest key, and of those keyed v the ones with the highest
+    # indices. Returns ev (dropped slots) and sel (kept candidates), each in rank order.
+    Z = st.shape[0]
+    m = sn.shape[0]
+    v = _kth_key(st, bt, sn, bn, kind, m - 1)
     below = 0
     for i in range(Z):
-        if _below(s_table[i], v, v_nan):
+        if _key(st[i], bt[i], kind) < v:
             below += 1
     for j in range(m):
-        if _below(s_new[j], v, v_nan):
+        if _key(sn[j], bn[j], kind) < v:
             below += 1
     need = m - below
-    cut = N
-    i = N - 1
+    cut = Z + m
+    i = Z + m - 1
     while need > 0:
-        x = s_table[i] if i < Z else s_new[i - Z]
-        if _at(x, v, v_nan):
+        x = _key(st[i], bt[i], kind) if i < Z else _key(sn[i - Z], bn[i - Z], kind)
+        if x == v:
             cut = i
             need -= 1
         i -= 1
     ev = np.empty(min(Z, m), np.int64)
+    ev_key = np.empty(min(Z, m), np.uint64)
     k = 0
     for i in range(Z):
-        x = s_table[i]
-        if _below(x, v, v_nan) or (i >= cut and _at(x, v, v_nan)):
+        x = _key(st[i], bt[i], kind)
+        if x < v or (x == v and i >= cut):
             ev[k] = i
+            ev_key[k] = ~x
             k += 1
     sel = np.empty(m, np.int64)
+    sel_key = np.empty(m, np.uint64)
     q = 0
     for j in range(m):
-        x = s_new[j]
-        if not (_below(x, v, v_nan) or (Z + j >= cut and _at(x, v, v_nan))):
+        x = _key(sn[j], bn[j], kind)
+        if not (x < v or (x == v and Z + j >= cut)):
             sel[q] = j
+            sel_key[q] = ~x
             q += 1
-    return ev[:k], sel[:q]
+    # Rank order: a stable sort by key descending of the entries gathered in index order.
+    ev = ev[:k][np.argsort(ev_key[:k], kind="mergesort")]
+    sel = sel[:q][np.argsort(sel_key[:q], kind="mergesort")]
+    return ev, sel
+
+
+@_device.cpu_jit()
+def _union_cpu(a, e):
+    # sorted unique(a | e): a merge when a is already sorted and unique (every union after the first).
+    for i in range(1, a.shape[0]):
+        if a[i] <= a[i - 1]:
+            a = np.unique(a)
+            break
+    e = np.unique(e)
+    out = np.empty(a.shape[0] + e.shape[0], np.int64)
+    i = 0
+    j = 0
+    n = 0
+    while i < a.shape[0] or j < e.shape[0]:
+        if j >= e.shape[0] or (i < a.shape[0] and a[i] < e[j]):
+            x = a[i]
+            i += 1
+        elif i >= a.shape[0] or e[j] < a[i]:
+            x = e[j]
+            j += 1
+        else:
+            x = a[i]
+            i += 1
+            j += 1
+        out[n] = x
+        n += 1
+    return out[:n]
 
 
 @_device.cpu_jit()
 def _mergeable(raw, gone, new_raw):
-    # The merge re-sort needs a sorted table and new ids that equal no remaining id (nor the sentinel value).
+    # The merge re-sort needs a sorted table and new ids equal to no remaining id. In a sorted table the
+    # matching search found every id of raw[0 : Z - 1], so an unmatched id can only equal raw[Z - 1].
     Z = raw.shape[0]
     for i in range(1, Z):
         if raw[i] < raw[i - 1]:
             return False
     for x in new_raw:
-        if x == MAX_ID:
+        if x == MAX_ID or (x == raw[Z - 1] and not gone[Z - 1]):
             return False
-        p = _lower_bound_cpu(raw, Z, x)
-        while p < Z and raw[p] == x:
-            if not gone[p]:
-                return False
-            p += 1
     return True
 
 
@@ -288,15 +353,39 @@ def scores(kind: int, decay: float, cur: int, table: Table, n_c: torch.Tensor, n
     return torch.div(torch.cat([table.counts, n_c]), distance)
 
 
-def _rank_order(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    # idx (ascending) in descending-score order, ties by index: torch's stable sort, TorchRec's comparator.
-    if idx.numel() < 2:
-        return idx
-    return idx[torch.sort(s[idx], descending=True, stable=True).indices]
+def _bits(s: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    # Scores, their bits, and the key kind for _key.
+    if s.dtype == np.float32:
+        return s, s.view(np.uint32), _F32_KEY
+    if s.dtype == np.float64:
+        return s, s.view(np.uint64), _F64_KEY
+    s = s.astype(np.int64, copy=False)
+    return s, s.view(np.uint64), _INT_KEY
 
 
-def _big(s: torch.Tensor):
-    return np.inf if s.dtype.is_floating_point else np.iinfo(np.int64).max
+def _unit_decay(kind: int, cur: int, counts: Optional[np.ndarray], last: np.ndarray) -> np.ndarray:
+    s = np.empty(last.shape[0], np.float32)
+    _unit_decay_scores(kind == DISTANCE_LFU, cur, last if counts is None else counts, last, s)
+    return s
+
+
+def round_scores(kind: int, decay: float, cur: int, table: Table, n_c: np.ndarray, n_la: np.ndarray):
+    """(table scores, candidate scores): `scores`, computed without the concatenation where that is exact
+    (LFU, and the float exponent 1.0, for which torch's pow is a copy of the float32 distance)."""
+    if kind == LFU:
+        return table.counts.numpy(), n_c
+    if type(decay) is float and decay == 1.0:
+        counts = table.counts.numpy() if kind == DISTANCE_LFU else None
+        return (_unit_decay(kind, cur, counts, table.last.numpy()),
+                _unit_decay(kind, cur, n_c if kind == DISTANCE_LFU else None, n_la))
+    s = scores(kind, decay, cur, table, torch.from_numpy(n_c), torch.from_numpy(n_la)).numpy()
+    Z = table.raw.shape[0]
+    return s[:Z], s[Z:]
+
+
+def union(pending: torch.Tensor, evicted: torch.Tensor) -> torch.Tensor:
+    """sorted unique(pending | evicted), as torch.unique(torch.cat(...)) gives it (CPU int64)."""
+    return torch.from_numpy(_union_cpu(pending.numpy(), evicted.numpy()))
 
 
 def evict_round(kind: int, decay: float, cur: int, table: Table, u: torch.Tensor, c: torch.Tensor,
@@ -305,7 +394,6 @@ def evict_round(kind: int, decay: float, cur: int, table: Table, u: torch.Tensor
 
     Returns E, the output ids of the slots that changed owner, in eviction order. CPU tensors only.
     """
-    Z = table.raw.shape[0]
     has_counts, has_last = table.counts is not None, table.last is not None
     if has_last and la is None:
         raise ValueError("evict_round: la expected the window's last-access iterations for this policy, got None")
@@ -315,17 +403,14 @@ def evict_round(kind: int, decay: float, cur: int, table: Table, u: torch.Tensor
     la_np = la.numpy() if la is not None else np.zeros(u.shape[0], np.int64)
     n_ids, n_c, n_la = _prepare_cpu(u.numpy(), c.numpy(), la_np, table.raw.numpy(), counts.numpy(),
                                     last.numpy(), cur, has_counts, has_last)
-    m = n_ids.shape[0]
-    if m == 0:
+    if n_ids.shape[0] == 0:
         return dummy
-    n_c_t, n_la_t = torch.from_numpy(n_c), torch.from_numpy(n_la)
-    s = scores(kind, decay, cur, table, n_c_t, n_la_t)
-    s_np = s.numpy()
-    ev, sel = _cut_cpu(s_np[:Z], s_np[Z:], s_np.dtype.type(_big(s)))
+    st, sn = round_scores(kind, decay, cur, table, n_c, n_la)
+    st, bt, key_kind = _bits(st)
+    sn, bn, _ = _bits(sn)
+    ev, sel = _cut_cpu(st, bt, sn, bn, key_kind)
     if ev.shape[0] != sel.shape[0]:
         raise AssertionError("evict_round: evicted slots and admitted ids differ in number")
-    ev_t = _rank_order(s, torch.from_numpy(ev))
-    sel_t = _rank_order(s, torch.from_numpy(sel) + Z) - Z
     evicted = _assign_resort_cpu(table.raw.numpy(), table.mapping.numpy(), counts.numpy(), last.numpy(),
-                                 has_counts, has_last, ev_t.numpy(), sel_t.numpy(), n_ids, n_c, n_la)
+                                 has_counts, has_last, ev, sel, n_ids, n_c, n_la)
     return torch.from_numpy(evicted)

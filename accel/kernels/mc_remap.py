@@ -64,6 +64,20 @@ def _remap_cpu(raw, mapping, values, miss, out):
         out[j] = mapping[pos] if raw[pos] == v else miss
 
 
+@_device.cpu_jit()
+def _first_outside_cpu(values, lo, hi):
+    # Sequential scan for the first id outside [lo, hi): the flag loop vectorises, the position is found once.
+    bad = False
+    for j in range(values.shape[0]):
+        bad |= (values[j] < lo) | (values[j] >= hi)
+    if not bad:
+        return -1
+    for j in range(values.shape[0]):
+        if values[j] < lo or values[j] >= hi:
+            return j
+    return -1
+
+
 def _remap_cuda(raw, mapping, values, miss, out):
     # One thread per id.
     j = cuda.grid(1)
@@ -95,6 +109,17 @@ def launch_cuda_remap(raw, mapping, values, miss: int, out, stream=0) -> None:
         return
     blocks = (n + _THREADS - 1) // _THREADS
     _cuda_kernels().remap[blocks, _THREADS, stream](raw, mapping, values, np.int64(miss), out)
+
+
+def first_outside(values: torch.Tensor, lo: int, hi: int) -> int:
+    """The position of the first id of `values` (int64, 1-D) outside [lo, hi), or -1: the check run before
+    ids reach a table (the reserved empty-slot id, a hash function's range)."""
+    if values.numel() == 0:
+        return -1
+    if _device.is_cuda(values):
+        bad = torch.nonzero((values < lo) | (values >= hi))
+        return int(bad[0, 0]) if bad.numel() else -1
+    return int(_first_outside_cpu(values.contiguous().numpy(), np.int64(lo), np.int64(hi)))
 
 
 def remap_ids(raw: torch.Tensor, mapping: torch.Tensor, values: torch.Tensor, miss: int) -> torch.Tensor:

@@ -270,23 +270,21 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
 
     def _check_ids(self, features: Features, hashed: bool) -> None:
         # Ids about to be recorded or looked up: the reserved value never; hash outputs inside their range.
+        lo, hi = (0, self._input_hash_size) if hashed else (-(2**63), MAX_ID)
         for key, feature in features.items():
             values = feature.values()
-            if values.numel() == 0:
+            j = mc_remap.first_outside(values, lo, hi)
+            if j < 0:
                 continue
             if hashed:
-                bad = (values < 0) | (values >= self._input_hash_size)
-                if bool(bad.any()):
-                    first = int(values[bad][0])
-                    raise ValueError(
-                        f"{self._who}: feature '{key}': input_hash_func output expected ids in "
-                        f"[0, {self._input_hash_size}), got {first}"
-                    )
-            elif bool((values == MAX_ID).any()):
                 raise ValueError(
-                    f"{self._who}: feature '{key}' ids expected values other than 2^63 - 1 = {MAX_ID} "
-                    f"(reserved for empty slots), got {MAX_ID}"
+                    f"{self._who}: feature '{key}': input_hash_func output expected ids in "
+                    f"[0, {self._input_hash_size}), got {int(values[j])}"
                 )
+            raise ValueError(
+                f"{self._who}: feature '{key}' ids expected values other than 2^63 - 1 = {MAX_ID} "
+                f"(reserved for empty slots), got {MAX_ID}"
+            )
 
     def checked_input(self, features: Features) -> Features:
         """preprocess(features) after every check of the ids (module docstring); changes no state."""
@@ -396,11 +394,9 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
                 u, c = u[mask], c[mask]
                 la = la[mask] if la is not None else None
             evicted = self._kernel_round(u, c, la)
-        evicted = evicted.to(self.device)
         if self._evicted:
-            self._evicted_emb_indices = torch.unique(torch.cat([self._evicted_emb_indices, evicted]))
-        else:
-            self._evicted_emb_indices = evicted
+            evicted = mc_eviction.union(self._evicted_emb_indices.cpu(), evicted)
+        self._evicted_emb_indices = evicted.to(self.device)
         self._evicted = True
         self._current_history_buffer_offset = 0
 

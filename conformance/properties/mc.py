@@ -129,7 +129,8 @@ RECORDS += [
                 'page: "eviction_interval (int) - interval of eviction"; sem. 16 D26: 0 -> AssertionError '
                 '"eviction_interval must be > 1" although 1 is accepted'),
     discrepancy("MCHManagedCollisionModule", "D32", "range_starts_at_offset", md.check_d32,
-                'page (ManagedCollisionModule): "Maps input ids to range [0, max_output_id)"; sem. 16 D32: [off, off+Z)'),
+                'page (ManagedCollisionModule): "Maps input ids to range [0, max_output_id)"; '
+                "sem. 16 D32: [off, off + Z)"),
     discrepancy("MCHManagedCollisionModule", "D37", "history_window", md.check_d37,
                 "sem. 11.3 profile steps 3-4 / 16.1: the history window is sized by the first batch, later ids are "
                 "dropped, an empty first batch disables learning (TorchRec); recspec grows the window"),
@@ -175,6 +176,9 @@ RECORDS += [
     record("average_threshold_filter", "sem11_vectors", "golden", "sem. 11.1 (data)", mk.check_filter_vectors,
            "sem. 11.1: c=[5,4,3,2,1] -> thr 3.0, mask [T,T,F,F,F]",
            ((Filter("average"), (5, 4, 3, 2, 1), (True, True, False, False, False), 3.0),)),
+    discrepancy("dynamic_threshold_filter", "D42", "empty_round", md.check_d42,
+                "sem. 11.1: dynamic_threshold_filter with n = 0 -> ZeroDivisionError; an eviction round over an empty "
+                "window (I = 1 and an empty batch) calls it with n = 0"),
     discrepancy("probabilistic_threshold_filter", "D27", "pass_rate", md.check_d27,
                 'page: "if an id occurs 100 times ... 60% chance"; sem. 11.1 / 16 D27: 1 - 0.99^100 = 0.634'),
 ]

@@ -70,10 +70,10 @@ NAMED: Tuple[Stream, ...] = (
             Step("forward", (("a", (), (0, 0)), ("b", (-5, 3, 3, 3), (4,)))), EVICT,
             forward([-1000, 2, 2, 9], (1, 0, 3)), EVICT)),
     Stream("eval never changes the table", MCH(5, LFU),
-           (forward([1, 2]), EVAL, forward([3, 3, 3, 1]), EVICT, TRAIN, forward([3, 3, 3, 1]), EVICT, EVAL,
+           (forward([1, 2, 2, 5]), EVAL, forward([3, 3, 3, 1]), EVICT, TRAIN, forward([3, 3, 3, 1]), EVICT, EVAL,
             forward([4, 4, 3]), TRAIN, forward([4, 4, 5]), EVICT)),
     Stream("pending evictions union", MCH(4, LRU),
-           (forward([1]), forward([2]), EVICT, EVICT, forward([3, 4]), forward([5, 5]), forward([1]), EVICT)),
+           (forward([1, 1]), forward([2]), EVICT, EVICT, forward([3, 4]), forward([5, 5]), forward([1]), EVICT)),
     Stream("empty batches after the first", MCH(6, LFU, interval=2),
            (forward([1, 2, 2, 3]), forward([]), EVICT, forward([], (0, 0)), forward([4, 4]), EVICT, forward([]),
             EVICT)),
@@ -201,18 +201,21 @@ def compose(pick: Pick, integer: Integer, *, torchrec_safe: bool = False, probab
                hash="mod" if hashing else None, hash_size=integer(3, 12) if hashing else MAX)
     lo, hi = -3, integer(Z, 3 * Z)
     first = integer(1, 6)
+    # TorchRec's dynamic filter divides by the number of ids in the window (ledger D42)
+    least = 1 if torchrec_safe and policy.filter is not None and policy.filter.kind == "dynamic" else 0
     steps = [_batch(pick, integer, lo, hi, first, exact=True)]
     for _ in range(integer(1, max_steps)):
         op = pick(("forward", "forward", "forward", "forward", "evict", "train", "eval"))
         if op == "forward":
-            steps.append(_batch(pick, integer, lo, hi, first if torchrec_safe else 6))
+            steps.append(_batch(pick, integer, lo, hi, first if torchrec_safe else 6, least=least))
         else:
             steps.append({"evict": EVICT, "train": TRAIN, "eval": EVAL}[op])
     return Stream("random", spec, tuple(steps))
 
 
-def _batch(pick: Pick, integer: Integer, lo: int, hi: int, cap: int, exact: bool = False) -> Step:
-    """One forward: one or two features of 1..3 bags each, at most `cap` ids (exactly cap if exact)."""
+def _batch(pick: Pick, integer: Integer, lo: int, hi: int, cap: int, exact: bool = False, least: int = 0) -> Step:
+    """One forward: one or two features of 1..3 bags each, at most `cap` ids (exactly cap if exact),
+    the first bag at least `least` long."""
     keys = KEYS[:integer(1, 2)] if not exact else KEYS[:1]
     features = []
     room = cap
@@ -220,7 +223,8 @@ def _batch(pick: Pick, integer: Integer, lo: int, hi: int, cap: int, exact: bool
         bags = integer(1, 3)
         lengths = []
         for b in range(bags):
-            n = room if exact and b == bags - 1 else integer(0, min(room, 3))
+            low = least if key == keys[0] and b == 0 else 0
+            n = room if exact and b == bags - 1 else integer(low, max(low, min(room, 3)))
             lengths.append(n)
             room -= n
         ids = tuple(integer(lo, hi) for _ in range(sum(lengths)))

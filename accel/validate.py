@@ -6,6 +6,9 @@ the tensors' device and come back to the host as one boolean: one synchronisatio
 CUDA, none more. Only when that boolean says something is wrong are the offending tensors copied
 to the host, where `refimpl.validate` finds the first bad entry and words the error, so that
 both packages raise the same message for the same input.
+
+Tensors on the meta device (how TorchRec builds a model before materialising it) have shapes
+and dtypes but no contents: on them the layout checks run and the content checks are skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from refimpl.validate import (  # noqa: F401  (re-exported: host-only checks, no
 
 __all__ = [
     "MissingKeyError",
+    "has_contents",
     "missing_key",
     "reject_variable_batch",
     "validate_dense_lengths",
@@ -50,9 +54,16 @@ def _host(tensor: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return None if tensor is None else tensor.detach().cpu().numpy()
 
 
+def has_contents(*tensors: Optional[torch.Tensor]) -> bool:
+    """False when a given tensor is on the meta device: it has a shape and a dtype but no values to check."""
+    return not any(t is not None and t.device.type == "meta" for t in tensors)
+
+
 def _any_true(flags: List[torch.Tensor]) -> bool:
-    """The single device-to-host transfer of a validator."""
-    return bool(torch.stack(flags).any().item()) if flags else False
+    """The single device-to-host transfer of a validator; False for flags on the meta device (no contents)."""
+    if not flags or not has_contents(*flags):
+        return False
+    return bool(torch.stack(flags).any().item())
 
 
 def _disagreement(what: str) -> AssertionError:
@@ -69,7 +80,8 @@ def jagged_content_flags(
         flags += [offsets[0] != 0, offsets[-1] != num_values]
         flags.append((offsets[1:] < offsets[:-1]).any())
     if lengths is not None:
-        flags += [(lengths < 0).any(), lengths.sum() != num_values]
+        # A length above num_values is its own flag: such lengths can wrap the int64 sum onto num_values.
+        flags += [(lengths < 0).any(), (lengths > num_values).any(), lengths.sum() != num_values]
         if offsets is not None:
             flags.append((offsets[1:] - offsets[:-1] != lengths).any())
     return flags
@@ -129,7 +141,8 @@ def validate_dense_lengths(
 
 
 def validate_ids_in_range(ids: torch.Tensor, num_embeddings: int, feature: str, table: str) -> None:
-    """0 <= id < num_embeddings for every id of `feature` looked up in `table` (IndexError)."""
+    """0 <= id < num_embeddings for every id of `feature` looked up in `table` (IndexError); ids on the meta
+    device have no values, so only their layout is checked."""
     spec.check_ids_layout(ids, num_embeddings, feature, table)
     if _any_true([((ids < 0) | (ids >= num_embeddings)).any()]):
         spec.validate_ids_in_range(_host(ids), num_embeddings, feature, table)

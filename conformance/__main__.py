@@ -2,7 +2,9 @@
 
 Prints one row per property (module, property, cases, max abs error, max ULP/relative error,
 status), explains each failure with a repro command, and exits 1 if any property fails
-(2 for a usage error: an unknown module, CUDA or TorchRec unavailable).
+(2 for a usage error: an unknown module, CUDA or TorchRec unavailable). Without a GPU,
+`NUMBA_ENABLE_CUDASIM=1 python -m conformance --device cuda` runs accel's CUDA kernels on
+Numba's simulator; its rows name the device "cuda (simulator)".
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from conformance import adapters
-from conformance.runner import FAIL, Context, Row, format_table, run, select
+from conformance.runner import FAIL, Context, Row, format_table, run, select, simulator_fallback
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,13 +65,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.device == "cuda":
         import torch
 
-        if not torch.cuda.is_available():
-            print("error: --device cuda requested, but torch.cuda.is_available() is False", file=sys.stderr)
+        if not torch.cuda.is_available() and not simulator_fallback():
+            print("error: --device cuda requested, but torch.cuda.is_available() is False "
+                  "(set NUMBA_ENABLE_CUDASIM=1 to run accel's CUDA kernels on Numba's simulator)", file=sys.stderr)
             return 2
 
     rows: List[Row] = []
     for device in _devices(args.device):
-        ctx = Context(against=args.against, device=device, seed=args.seed)
+        ctx = Context.for_device(device, against=args.against, seed=args.seed)
         if args.golden is not None:
             ctx.golden_dir = args.golden.resolve()
         records = select(RECORDS, args.module, args.prop, device)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import traceback
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import ContextManager, Dict, Iterable, List, Optional, Sequence
 
 from conformance import ledger as ledger_mod
 from conformance.compare import Errors
@@ -25,13 +26,49 @@ PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 @dataclass
 class Context:
-    """Where records run: the package under test, its device, the golden set and the seed."""
+    """Where records run: the package under test, its device, the golden set and the seed.
+
+    `device` is the torch device the checks put tensors on. With `cuda_simulator` the tensors stay on
+    the CPU and every check runs inside accel's `simulated_cuda()` block, so accel launches its CUDA
+    kernels on Numba's simulator (NUMBA_ENABLE_CUDASIM=1); rows then name the device "cuda (simulator)".
+    """
 
     against: str = "accel"  # or "torchrec"
     device: str = "cpu"  # or "cuda"
     golden_dir: Path = GOLDEN_DIR
     seed: int = 0
     ledger: Dict[str, ledger_mod.Entry] = field(default_factory=ledger_mod.load)
+    cuda_simulator: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cuda_simulator and self.device != "cpu":
+            raise ValueError(f"Context: cuda_simulator runs on CPU tensors, so device must be 'cpu', "
+                             f"got {self.device!r}")
+
+    @property
+    def device_label(self) -> str:
+        """The device as rows and repro commands name it: "cpu", "cuda" or "cuda (simulator)"."""
+        return SIMULATOR_LABEL if self.cuda_simulator else self.device
+
+    @staticmethod
+    def for_device(device: str, **kwargs: object) -> "Context":
+        """The Context for `--device device`: CUDA on Numba's simulator when torch has no CUDA device and
+        NUMBA_ENABLE_CUDASIM=1, else `device` itself."""
+        if device == "cuda" and simulator_fallback():
+            return Context(device="cpu", cuda_simulator=True, **kwargs)  # type: ignore[arg-type]
+        return Context(device=device, **kwargs)  # type: ignore[arg-type]
+
+
+SIMULATOR_LABEL = "cuda (simulator)"
+
+
+def simulator_fallback() -> bool:
+    """True when `--device cuda` must run on Numba's CUDA simulator: torch sees no CUDA device and the
+    simulator is on (NUMBA_ENABLE_CUDASIM=1)."""
+    import numba
+    import torch
+
+    return not torch.cuda.is_available() and bool(numba.config.ENABLE_CUDASIM)
 
 
 @dataclass
@@ -80,7 +117,10 @@ class Row:
 
 
 def repro_command(record: Record, ctx: Context) -> str:
-    cmd = f"python -m conformance --module {record.module} --property '{record.property}' --device {ctx.device}"
+    device = "cuda" if ctx.cuda_simulator else ctx.device
+    cmd = f"python -m conformance --module {record.module} --property '{record.property}' --device {device}"
+    if ctx.cuda_simulator:
+        cmd = "NUMBA_ENABLE_CUDASIM=1 " + cmd
     if ctx.against != "accel":
         cmd += f" --against {ctx.against}"
     if ctx.golden_dir != GOLDEN_DIR:
@@ -101,14 +141,15 @@ def skip_reason(record: Record, ctx: Context) -> Optional[str]:
 
 
 def run_record(record: Record, ctx: Context) -> Row:
-    row = Row(record.module, record.property, record.kind, ctx.device, ctx.against,
+    row = Row(record.module, record.property, record.kind, ctx.device_label, ctx.against,
               0, math.nan, math.nan, "", math.nan, SKIP, repro=repro_command(record, ctx))
     reason = skip_reason(record, ctx)
     if reason is not None:
         row.detail = reason
         return row
     try:
-        outcome = record.check(record, ctx)
+        with _launch_path(ctx):
+            outcome = record.check(record, ctx)
     except Exception as exc:  # a check that crashes is a failure that must still explain itself
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         row.status = FAIL
@@ -124,6 +165,15 @@ def run_record(record: Record, ctx: Context) -> Row:
         row.unit = outcome.unit
         row.tolerance = outcome.tolerance
     return _discrepancy_verdict(record, ctx, row)
+
+
+def _launch_path(ctx: Context) -> ContextManager[object]:
+    """accel's simulated_cuda() block for a simulator context; nothing otherwise."""
+    if not ctx.cuda_simulator:
+        return nullcontext()
+    from accel.kernels._device import simulated_cuda
+
+    return simulated_cuda()
 
 
 def _discrepancy_verdict(record: Record, ctx: Context, row: Row) -> Row:

@@ -140,7 +140,7 @@ def check_jagged_contents(
     keys: Optional[Sequence[str]] = None,
     stride: Optional[int] = None,
 ) -> None:
-    """offsets[0] == 0, offsets non-decreasing, offsets[-1] == num_values; lengths >= 0,
+    """offsets[0] == 0, offsets non-decreasing, offsets[-1] == num_values; 0 <= lengths <= num_values,
     sum(lengths) == num_values; lengths[i] == offsets[i + 1] - offsets[i] when both are given.
 
     With `keys` and `stride` (a KJT) each failing row is named by key and sample."""
@@ -166,6 +166,15 @@ def check_jagged_contents(
     if negative.size:
         i = int(negative[0])
         raise ValueError(f"{name}: lengths{where(i)} expected >= 0, got lengths[{i}] = {lengths[i]}")
+    # No row holds more than all the values. Checked before the sum: lengths near 2^62 would make the int64
+    # sum wrap around, possibly onto num_values; bounded by num_values, the sum stays below rows * num_values.
+    over = np.flatnonzero(lengths > num_values)
+    if over.size:
+        i = int(over[0])
+        raise ValueError(
+            f"{name}: lengths{where(i)} expected <= number of values ({num_values}), "
+            f"got lengths[{i}] = {lengths[i]}"
+        )
     if offsets is not None:
         spans = np.diff(offsets.astype(np.int64))
         differ = np.flatnonzero(spans != lengths)

@@ -4,14 +4,21 @@ and the CPU numerics (compile options, a vectorisable sigmoid, fixed-order row s
 Kernels run in float32 or float64; float16/bfloat16 inputs are upcast to float32 by the launchers and the
 results cast back (`kernel_dtype`). `numba.cuda` is imported on the first CUDA launch only (`cuda_module`),
 so CPU users never pay for it.
+
+`simulated_cuda()` runs the CUDA launch path on a machine without a GPU: under Numba's simulator
+(NUMBA_ENABLE_CUDASIM=1) and inside the `with` block, CPU tensors count as CUDA tensors (`is_cuda`) and are
+handed to the CUDA kernels as zero-copy simulator arrays, so each launcher, kernel and torch binding runs as it
+would on a device, with the kernels' writes landing in the torch tensors.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numba
 import numpy as np
@@ -35,9 +42,56 @@ MIN_THREADS_PER_ROW = 32
 cuda = None
 
 
+@dataclass
+class SimulatedLaunches:
+    """What a `simulated_cuda()` block launched: `count` CUDA launch contexts entered (`cuda_launch`)."""
+
+    count: int = 0
+
+
+# The open simulated_cuda() block of this thread (and of tasks started from it), or None. A context variable
+# rather than a module flag: another thread's CPU kernels are never rerouted by it.
+_SIMULATED: contextvars.ContextVar[Optional[SimulatedLaunches]] = contextvars.ContextVar(
+    "recspec_simulated_cuda", default=None)
+
+
+@contextmanager
+def simulated_cuda() -> Iterator[SimulatedLaunches]:
+    """Within the block, CPU tensors take the CUDA launch path on Numba's simulator; yields the launch count.
+
+    RuntimeError unless the simulator is on (NUMBA_ENABLE_CUDASIM=1 before numba is imported): without it the
+    path would need a real device. Blocks nest, an inner block's launches counting in the outer one too.
+    autograd runs the backward of CPU tensors on the calling thread, so a backward called inside the block is
+    simulated as well.
+    """
+    if not numba.config.ENABLE_CUDASIM:
+        raise RuntimeError("simulated_cuda() needs Numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 before "
+                           "numba is imported, got NUMBA_ENABLE_CUDASIM unset or 0")
+    outer = _SIMULATED.get()
+    launches = SimulatedLaunches()
+    token = _SIMULATED.set(launches)
+    try:
+        yield launches
+    finally:
+        _SIMULATED.reset(token)
+        if outer is not None:
+            outer.count += launches.count
+
+
+def simulating() -> bool:
+    """True inside a simulated_cuda() block."""
+    return _SIMULATED.get() is not None
+
+
+def is_cuda_device(device: torch.device) -> bool:
+    """True when kernels for tensors on `device` launch through numba.cuda: a CUDA device, or the CPU inside
+    a simulated_cuda() block."""
+    return device.type == "cuda" or (device.type == "cpu" and simulating())
+
+
 def is_cuda(t: torch.Tensor) -> bool:
-    """True when t lives on a CUDA device (the kernel launch goes through numba.cuda)."""
-    return t.device.type == "cuda"
+    """True when t's kernel launch goes through numba.cuda (see is_cuda_device)."""
+    return is_cuda_device(t.device)
 
 
 def cuda_backend() -> str:
@@ -61,11 +115,18 @@ def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def as_numba_array(t: torch.Tensor):
-    """Zero-copy Numba view of a contiguous tensor: a NumPy array on CPU, a device array on CUDA."""
-    if is_cuda(t):
+    """Zero-copy Numba view of a contiguous tensor: a NumPy array on CPU, a device array on CUDA, a simulator
+    array over the tensor's memory on the CPU inside simulated_cuda()."""
+    if t.device.type == "cuda":
         # No sync on the array's stream: kernels are queued on torch's current stream (torch_stream), which
         # already orders them after whatever produced t.
         return cuda_module().as_cuda_array(t.detach(), sync=False)
+    if simulating():
+        # The simulator would copy a plain NumPy argument in and back out around each launch; its own array
+        # type wraps the view itself, so kernels read and write the tensor's memory directly.
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(t.detach().numpy())
     return t.detach().numpy()
 
 
@@ -79,8 +140,16 @@ def torch_stream(device: torch.device):
 
 @contextmanager
 def cuda_launch(device: torch.device) -> Iterator[object]:
-    """Make `device` Numba's current GPU and yield torch's current stream there for the launch."""
+    """Make `device` Numba's current GPU and yield torch's current stream there for the launch (inside
+    simulated_cuda() with a CPU device: the simulator's one GPU and stream 0, counted in the block's launches)."""
     numba_cuda = cuda_module()
+    launches = _SIMULATED.get()
+    if device.type == "cpu" and launches is not None:
+        launches.count += 1
+        # The simulator runs every launch synchronously and ignores the stream argument.
+        with numba_cuda.gpus[0]:
+            yield 0
+        return
     index = device.index if device.index is not None else torch.cuda.current_device()
     with numba_cuda.gpus[index]:
         yield torch_stream(device)

@@ -357,14 +357,20 @@ def numba_view(t: torch.Tensor):
 def index_array(values: np.ndarray, device: torch.device):
     """int64 host values as a kernel argument on `device` (a NumPy array on CPU, a device array on CUDA)."""
     values = np.ascontiguousarray(values, dtype=np.int64)
-    if device.type == "cuda":
+    if _device.is_cuda_device(device):
         return _device.as_numba_array(torch.from_numpy(values).to(device))
     return values
 
 
-@functools.lru_cache(maxsize=None)
 def dummy_table(dtype: torch.dtype, device: torch.device):
-    """The 1x1 zero table that pads the tuples (made once per dtype and device; never read by a kernel)."""
+    """The 1x1 zero table that pads the tuples (made once per dtype, device and launch path; never read by a
+    kernel)."""
+    return _dummy_table(dtype, device, _device.is_cuda_device(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _dummy_table(dtype: torch.dtype, device: torch.device, cuda_path: bool):
+    # cuda_path in the key: inside simulated_cuda() a CPU table is a simulator array, which CPU kernels reject.
     return numba_view(torch.zeros((1, 1), dtype=dtype, device=device))
 
 
@@ -408,7 +414,9 @@ def check_tables(name: str, tables: object) -> Tuple[torch.dtype, torch.device]:
             raise ValueError(f"{name}[{t}] must be a 2-D table (rows, D), got shape {tuple(w.shape)}")
         if w.device != tables[0].device:
             raise ValueError(f"{name}[{t}] must be on {name}[0]'s device {tables[0].device}, got {w.device}")
-        _device.check_launchable(f"{name}[{t}]", w)
+        # Meta tables have shapes but no data: only the custom ops' fake kernels see them.
+        if w.device.type != "meta":
+            _device.check_launchable(f"{name}[{t}]", w)
     dtypes = [w.dtype for w in tables]
     if torch.float64 in dtypes and any(d != torch.float64 for d in dtypes):
         raise TypeError(f"{name}: float64 tables cannot be mixed with other dtypes, got {dtypes}")

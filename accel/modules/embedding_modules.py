@@ -19,6 +19,11 @@ Training without table-sized gradients: `optimizer="sgd" | "adagrad" | "rowwise_
 `accel.kernels.sparse_optim`), so no gradient the size of a table is ever allocated; the tables'
 `.grad` stays None and the optimizer state lives in non-persistent buffers (`momentum1` of each
 table module, outside the state_dict), readable through `optimizer_state()`.
+
+On the meta device (device="meta", as TorchRec builds a model before sharding it) construction
+allocates no data and forward returns outputs of the right shapes, dtypes and autograd graph: the
+input's layout is checked, its contents (lengths, id ranges) cannot be. A sequence lookup's row
+count depends on the lengths, so EmbeddingCollection takes a meta KJT with one key only.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from accel.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from refimpl.modules.embedding_configs import check_tables
 from refimpl.modules.embedding_modules import get_embedding_names_by_table as spec_names_by_table
 from accel.sparse import JaggedTensor, KeyedJaggedTensor, KeyedTensor
-from accel.validate import MissingKeyError, missing_key
+from accel.validate import MissingKeyError, has_contents, missing_key
 from refimpl import validate as spec
 
 __all__ = [
@@ -278,8 +283,9 @@ def _slots(
 
 
 def _check_ids(who: str, kjt: KeyedJaggedTensor, ids: torch.Tensor, offsets: torch.Tensor, slots: _Slots) -> None:
-    """Every id of every slot lies in [0, num_embeddings of the slot's table): one pass, before any kernel."""
-    if ids.numel() == 0:
+    """Every id of every slot lies in [0, num_embeddings of the slot's table): one pass, before any kernel.
+    Nothing to check for ids on the meta device (no values)."""
+    if ids.numel() == 0 or not has_contents(ids):
         return
     first_bad = pooled_kernels.find_out_of_range(ids, offsets, slots.key, slots.rows, kjt.stride())
     if first_bad < 0:
@@ -303,8 +309,14 @@ def _kjt_parts(who: str, features: Any, device: torch.device) -> Tuple[KeyedJagg
     """The input as an accel KJT (validated once), its ids and global offsets as int64 on `device`."""
     kjt = KeyedJaggedTensor.from_any(features)
     ids = kjt.values()
-    if ids.dim() != 1 or (ids.numel() and ids.dtype not in _ID_DTYPES):
+    if ids.dim() != 1:
+        raise ValueError(f"{who}: features.values() expected 1-D integer ids, got shape {tuple(ids.shape)}")
+    if ids.numel() and ids.dtype not in _ID_DTYPES:
         raise TypeError(f"{who}: features.values() expected 1-D integer ids, got {ids.dtype} shape {tuple(ids.shape)}")
+    if device.type == "meta" and ids.device != device:
+        # As with TorchRec's meta tables, features from any device give meta outputs (validated where they are).
+        kjt = kjt.to(device)
+        ids = kjt.values()
     if ids.device != device:
         raise ValueError(
             f"{who}: features expected on device {device} (that of the tables), got {ids.device}; move one with .to()"
@@ -614,6 +626,8 @@ class EmbeddingCollection(EmbeddingCollectionInterface):
         slots = self._plan(kjt.keys(), ids.device)
         _check_ids(who, kjt, ids, offsets, slots)
         batch_size = kjt.stride()
+        if not has_contents(ids):
+            return self._forward_meta(kjt, ids, weights, slots)
         if self._fused is None:
             rows = sequence_kernels.sequence_lookup(weights, ids, offsets, slots.key, slots.table, batch_size)
         else:
@@ -631,4 +645,22 @@ class EmbeddingCollection(EmbeddingCollectionInterface):
             indices = values[opk[k] : opk[k + 1]] if self._need_indices else None
             # Parts of a validated KJT: their lengths sum to the part's rows by construction.
             out[name] = JaggedTensor._trusted(part, indices, lengths[k * batch_size : (k + 1) * batch_size], None)
+        return out
+
+    def _forward_meta(self, kjt: KeyedJaggedTensor, ids: torch.Tensor, weights: List[torch.Tensor],
+                      slots: _Slots) -> Dict[str, JaggedTensor]:
+        # Meta ids have no lengths to split them by key: with one key, every slot reads all of them.
+        keys = kjt.keys()
+        if len(keys) != 1:
+            raise ValueError(
+                f"EmbeddingCollection: features on the meta device expected one key (meta lengths have no "
+                f"values to split the ids by key), got {len(keys)} keys {keys}"
+            )
+        lengths, values = kjt.lengths(), kjt.values()
+        names = [name for table_names in self._embedding_names_by_table for name in table_names]
+        out: Dict[str, JaggedTensor] = {}
+        for name, t in zip(names, slots.table.tolist()):
+            acc = torch.float64 if weights[t].dtype == torch.float64 else torch.float32
+            rows = torch.nn.functional.embedding(ids, weights[t]).to(acc)
+            out[name] = JaggedTensor._trusted(rows, values if self._need_indices else None, lengths, None)
         return out

@@ -591,3 +591,103 @@ def test_ec_fused_steps_match_manual_updates(rule):
     np.testing.assert_allclose(table(fused, "a"), W, rtol=1e-5, atol=1e-6)
     if rule != "sgd":
         np.testing.assert_allclose(fused.optimizer_state()["a"].numpy(), state, rtol=1e-5, atol=1e-7)
+
+
+# --- the meta device (TorchRec builds collections there before materialising them) --------------------
+META = torch.device("meta")
+
+
+def meta_kjt(bags, weights=None):
+    kjt = kjt_from_bags(bags, weights)
+    return kjt.to(META)
+
+
+@pytest.mark.parametrize("optimizer", [None, "sgd", "rowwise_adagrad"])
+def test_ebc_on_meta_has_torchrecs_state_and_output_shapes(optimizer):
+    kwargs = {"optimizer": optimizer} if optimizer else {}
+    m = EmbeddingBagCollection([cfg("t1", 5, 3, ["f1"]), cfg("t2", 7, 4, ["f2"], pooling=MEAN)], device=META,
+                               **kwargs)
+    state = m.state_dict()
+    assert [(v.device.type, tuple(v.shape), v.dtype) for v in state.values()] == [
+        ("meta", (5, 3), torch.float32), ("meta", (7, 4), torch.float32)]
+    m.reset_parameters()  # nothing to initialise on meta
+    out = m(meta_kjt({"f1": [[0, 4], [], [1]], "f2": [[6], [2, 3], []]}))
+    assert out.keys() == ["f1", "f2"] and out.length_per_key() == [3, 4]
+    values = out.values()
+    assert values.device.type == "meta" and tuple(values.shape) == (3, 7) and values.dtype == torch.float32
+    values.sum().backward()
+    grads = [p.grad for p in m.parameters()]
+    if optimizer is None:
+        assert [(g.device.type, tuple(g.shape)) for g in grads] == [("meta", (5, 3)), ("meta", (7, 4))]
+    else:
+        assert grads == [None, None]
+
+
+def test_ebc_on_meta_takes_features_from_the_cpu_and_weights():
+    m = EmbeddingBagCollection([cfg("t", 5, 3, ["f"])], is_weighted=True, device=META)
+    bags = {"f": [[0, 1], []]}
+    cpu_out = m(kjt_from_bags(bags, {"f": [[0.5, 2.0], []]})).values()
+    meta_out = m(meta_kjt(bags, {"f": [[0.5, 2.0], []]})).values()
+    assert cpu_out.device.type == meta_out.device.type == "meta"
+    assert tuple(cpu_out.shape) == tuple(meta_out.shape) == (2, 3)
+
+
+def test_ebc_on_meta_keeps_the_layout_checks():
+    m = EmbeddingBagCollection([cfg("t1", 4, 2, ["f1"]), cfg("t2", 4, 2, ["f2"])], device=META)
+    with pytest.raises(KeyError, match=r"expected key 'f2' \(a feature of table 't2'\)"):
+        m(meta_kjt({"f1": [[0]]}))
+    kjt = KeyedJaggedTensor(["f1", "f2"], torch.tensor([0.0, 1.0], device=META), lengths=torch.tensor([1, 1], device=META))
+    with pytest.raises(TypeError, match="expected 1-D integer ids, got torch.float32"):
+        m(kjt)
+    weighted = EmbeddingBagCollection([cfg("t", 4, 2, ["f"])], is_weighted=True, device=META)
+    with pytest.raises(ValueError, match="features expected weights"):
+        weighted(meta_kjt({"f": [[0]]}))
+    # Ids have no values on meta: a range check has nothing to read (TorchRec's meta lookup does not check either).
+    assert tuple(m(meta_kjt({"f1": [[9]], "f2": [[-1]]})).values().shape) == (1, 4)
+
+
+def test_ebc_built_on_meta_materialises_and_loads_a_state_dict():
+    tables = [cfg("t1", 5, 3, ["f1"]), cfg("t2", 7, 4, ["f2"])]
+    m = EmbeddingBagCollection(tables, device=META).to_empty(device="cpu")
+    source = ebc(tables)
+    m.load_state_dict(source.state_dict())
+    kjt = kjt_from_bags({"f1": [[0, 4], []], "f2": [[6], [2, 3]]})
+    expected = np.concatenate([pooled(table(source, "t1"), [[0, 4], []]), pooled(table(source, "t2"), [[6], [2, 3]])],
+                              axis=1)
+    np.testing.assert_allclose(m(kjt).values().detach().numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_ec_on_meta_with_one_key():
+    tables = [ecfg("a", 6, 2, ["x"]), ecfg("b", 4, 2, ["x"])]
+    m = EmbeddingCollection(tables, device=META, need_indices=True)
+    assert [(v.device.type, tuple(v.shape)) for v in m.state_dict().values()] == [("meta", (6, 2)), ("meta", (4, 2))]
+    out = m(meta_kjt({"x": [[0, 3], [], [1]]}))
+    assert list(out) == ["x@a", "x@b"]
+    for jt in out.values():
+        assert jt.values().device.type == "meta" and tuple(jt.values().shape) == (3, 2)
+        assert tuple(jt.lengths().shape) == (3,) and tuple(jt.weights().shape) == (3,)
+    sum(jt.values().sum() for jt in out.values()).backward()
+    assert [tuple(p.grad.shape) for p in m.parameters()] == [(6, 2), (4, 2)]
+
+
+def test_ec_on_meta_with_several_keys_says_why_it_cannot_split():
+    m = EmbeddingCollection([ecfg("a", 6, 2, ["x"]), ecfg("b", 4, 2, ["y"])], device=META)
+    with pytest.raises(ValueError, match=r"meta device expected one key .*got 2 keys \['x', 'y'\]"):
+        m(meta_kjt({"x": [[0]], "y": [[1]]}))
+
+
+def test_meta_output_shapes_agree_with_torchrec():
+    torchrec = pytest.importorskip("torchrec", reason="TorchRec is the oracle for the meta-device shapes")
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor as TorchRecKJT
+
+    configs = [dict(name="t1", embedding_dim=3, num_embeddings=5, feature_names=["f1"]),
+               dict(name="t2", embedding_dim=4, num_embeddings=7, feature_names=["f1", "f2"])]
+    ours = EmbeddingBagCollection([EmbeddingBagConfig(**c) for c in configs], device=META)
+    theirs = torchrec.EmbeddingBagCollection([torchrec.EmbeddingBagConfig(**c) for c in configs], device=META)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in ours.state_dict().items()} == {
+        k: (tuple(v.shape), v.dtype) for k, v in theirs.state_dict().items()}
+    values, lengths = torch.tensor([1, 2, 3, 4], device=META), torch.tensor([2, 0, 1, 1], device=META)
+    got = ours(KeyedJaggedTensor(["f1", "f2"], values, lengths=lengths))
+    want = theirs(TorchRecKJT(keys=["f1", "f2"], values=values, lengths=lengths))
+    assert got.keys() == want.keys() and got.length_per_key() == want.length_per_key()
+    assert (tuple(got.values().shape), got.values().device) == (tuple(want.values().shape), want.values().device)

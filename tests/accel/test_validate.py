@@ -210,3 +210,73 @@ def test_cuda_tensors_raise_the_same_messages():
     ids = torch.tensor([0, 10], device="cuda")
     with pytest.raises(IndexError, match="id 10 at position 1"):
         av.validate_ids_in_range(ids, 10, "f1", "t1")
+
+
+# --- the meta device: layout checked, contents skipped ----------------------------------------------
+
+
+def meta(a, dtype=None):
+    return None if a is None else torch.as_tensor(np.array(a), dtype=dtype).to("meta")
+
+
+def test_has_contents_is_false_for_meta_tensors_only():
+    assert av.has_contents(torch.zeros(2), None)
+    assert not av.has_contents(torch.zeros(2), torch.zeros(2, device="meta"))
+    assert av.has_contents()
+
+
+def test_meta_jagged_parts_pass_without_reading_contents():
+    # On the CPU these lengths would be rejected (sum 5 != 3 values); meta lengths have no values to sum.
+    av.validate_jagged(meta(np.arange(3)), meta(arr(2, 3)), None, meta(np.ones(3)))
+    jt = JaggedTensor(meta(np.zeros((3, 2))), lengths=meta(arr(2, 1)))
+    assert jt.values().device.type == "meta" and jt.lengths().shape == (2,)
+
+
+def test_meta_keyed_jagged_returns_the_batch_size_from_shapes():
+    assert av.validate_keyed_jagged(KEYS, meta(np.arange(8)), meta(arr(2, 0, 1, 1, 1, 3)), None, None) == 3
+    kjt = KeyedJaggedTensor(KEYS, meta(np.arange(4)), offsets=meta(arr(0, 1, 2, 3, 4)))
+    assert kjt.stride() == 2 and kjt.offsets().device.type == "meta"
+
+
+# Layout errors read no contents, so the meta device raises them exactly as the CPU does.
+META_LAYOUT_ERRORS = ["neither lengths nor offsets", "float lengths", "bool offsets", "offsets of the wrong size",
+                      "weights too short", "values 3-D"]
+
+
+@pytest.mark.parametrize("case", META_LAYOUT_ERRORS)
+def test_meta_jagged_layout_errors_are_refimpls(case):
+    values, lengths, offsets, weights, argument = JAGGED_ERRORS[case]
+    expected = _message(rv.validate_jagged, values, lengths, offsets, weights, "JaggedTensor")
+    kind, message = _message(av.validate_jagged, meta(values), meta(lengths), meta(offsets), meta(weights))
+    assert (kind, message.replace("torch.", "")) == expected
+    assert argument in message
+
+
+@pytest.mark.parametrize("case", ["duplicate keys", "lengths not divisible", "stride mismatch"])
+def test_meta_keyed_layout_errors_are_refimpls(case):
+    keys, lengths, offsets, stride, argument = KEYED_ERRORS[case]
+    expected = _message(rv.validate_keyed_jagged, keys, np.arange(8), lengths, offsets, None, stride)
+    assert _message(av.validate_keyed_jagged, keys, meta(np.arange(8)), meta(lengths), meta(offsets), None,
+                    stride) == expected
+    with pytest.raises(ValueError, match=argument.split(" ")[0]):
+        KeyedJaggedTensor(keys, meta(np.arange(8)), lengths=meta(lengths), stride=stride)
+
+
+def test_meta_ids_skip_the_range_check_but_not_the_dtype_check():
+    av.validate_ids_in_range(meta([-1, 10, 99]), 10, "f1", "t1")  # no values to compare
+    with pytest.raises(TypeError, match=r"feature 'f1' \(table 't1'\): ids.*integer.*torch.float32"):
+        av.validate_ids_in_range(meta([1.0], torch.float32), 10, "f1", "t1")
+
+
+def test_meta_dense_lengths_keep_the_layout_check():
+    av.validate_dense_lengths(meta(np.zeros((2, 3))), meta(arr(1, 4)), None)  # 4 > 3 is a content rule
+    with pytest.raises(ValueError, match="weights"):
+        av.validate_dense_lengths(meta(np.zeros((2, 2))), meta(arr(1, 2)), meta(np.zeros((2, 3))))
+
+
+def test_meta_validation_reads_nothing_back():
+    with _HostReads() as mode:
+        av.validate_keyed_jagged(KEYS, meta(np.arange(8)), meta(arr(2, 0, 1, 1, 1, 3)), meta(arr(0, 2, 2, 3, 4, 5, 8)),
+                                 meta(np.ones(8)))
+        av.validate_ids_in_range(meta([0, 3]), 10, "f1", "t1")
+    assert mode.reads == []

@@ -166,3 +166,67 @@ def test_bounds_checked_builds_stay_out_of_the_disk_cache(tmp_path, boundscheck,
     env = dict(os.environ, NUMBA_BOUNDSCHECK=boundscheck, NUMBA_CACHE_DIR=str(tmp_path))
     subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, check=True, cwd=ROOT, timeout=600)
     assert bool(list(tmp_path.rglob("fm._fm_forward_cpu-*.nbi"))) == cached
+
+
+# --- simulated_cuda: CPU tensors on the CUDA launch path, under Numba's simulator ------------------------
+
+
+@pytest.mark.skipif(numba.config.ENABLE_CUDASIM, reason="checks the error raised without the simulator")
+def test_simulated_cuda_needs_the_simulator():
+    with pytest.raises(RuntimeError, match="NUMBA_ENABLE_CUDASIM=1"):
+        with _device.simulated_cuda():
+            pass
+    assert not _device.simulating()
+
+
+def test_outside_a_simulated_block_cpu_tensors_launch_on_the_cpu():
+    t = torch.zeros(3)
+    assert not _device.is_cuda(t) and not _device.is_cuda_device(torch.device("cpu"))
+    assert _device.is_cuda_device(torch.device("cuda"))
+    assert isinstance(_device.as_numba_array(t), np.ndarray)
+
+
+_SIMULATOR_PROBE = """
+import threading
+import numpy as np
+import torch
+from accel.kernels import _device, fm
+
+x = torch.tensor(np.random.default_rng(0).standard_normal((3, 5)), dtype=torch.float32, requires_grad=True)
+cpu = fm.fm_interaction(x)
+cpu.sum().backward()
+cpu_grad = x.grad.clone()
+x.grad = None
+with _device.simulated_cuda() as launches:
+    t = torch.zeros(4)
+    view = _device.as_numba_array(t)
+    view[1] = 2.5  # a write through the simulator array lands in the tensor
+    assert t[1].item() == 2.5, t
+    assert _device.is_cuda(t) and _device.simulating()
+    other = []
+    worker = threading.Thread(target=lambda: other.append(_device.is_cuda(t)))
+    worker.start(); worker.join()
+    assert other == [False], "another thread's CPU tensors must keep the CPU path"
+    sim = fm.fm_interaction(x)
+    sim.sum().backward()
+    assert launches.count == 2, launches.count
+    with _device.simulated_cuda() as inner:
+        fm.fm_interaction(x.detach())
+    assert inner.count == 1 and launches.count == 3, (inner.count, launches.count)
+assert not _device.simulating() and not _device.is_cuda(torch.zeros(1))
+kernels = fm._cuda_kernels()
+assert all(type(k).__module__.startswith("numba.cuda.simulator") for k in vars(kernels).values())
+np.testing.assert_allclose(sim.detach().numpy(), cpu.detach().numpy(), rtol=1e-5, atol=1e-6)
+np.testing.assert_allclose(x.grad.numpy(), cpu_grad.numpy(), rtol=1e-5, atol=1e-6)
+print("simulated launches ok")
+"""
+
+
+@pytest.mark.slow
+def test_simulated_cuda_runs_the_cuda_kernels_on_cpu_tensors():
+    # The simulator must be on before numba is imported: a fresh interpreter.
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", _SIMULATOR_PROBE], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "simulated launches ok" in proc.stdout

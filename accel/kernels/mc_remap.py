@@ -39,16 +39,17 @@ _THREADS = 256
 
 
 def lower_bound(raw, n, v):
-    """searchsorted_left(raw[0:n], v): the first position p with raw[p] >= v (n when none)."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if raw[mid] < v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    """searchsorted_left(raw[0:n], v): the first position p with raw[p] >= v (n when none).
+
+    Branch-free halving: the answer stays in [base, base + length]; each step keeps the half that holds it
+    (a conditional move, no mispredicted branch per level)."""
+    base = 0
+    length = n
+    while length > 0:
+        half = length >> 1
+        base = base + (length - half) if raw[base + half] < v else base
+        length = half
+    return base
 
 
 _lower_bound_cpu = _device.cpu_helper()(lower_bound)

@@ -4,13 +4,15 @@
     forward(kjt) = (E(r), r if return_remapped_features else None),  r = mcc(kjt)
 
 where E is accel's EmbeddingBagCollection (KeyedTensor out) or EmbeddingCollection (dict of JaggedTensor
-out) and mcc a ManagedCollisionCollection over the same tables. After the lookup the forward consumes the
-collection's pending evictions (`mcc.evict()`), as TorchRec does, and hands them to `evict`. Departures from
-TorchRec (docs/discrepancies.md):
+out) and mcc a ManagedCollisionCollection over the same tables. The forward consumes the collection's pending
+evictions (`mcc.evict()`), as TorchRec does, and hands them to `evict`. Departures from TorchRec
+(docs/discrepancies.md):
 
 * `evict` re-initialises the rows of the evicted output ids with the table's init (init_fn, else
   U(min, max)), drawn from torch's global RNG, and zeroes their fused-optimizer state, so an admitted id never
-  inherits the embedding of the id it replaced. TorchRec's evict is a no-op (the rows keep the old values);
+  inherits the embedding of the id it replaced; the forward does this between the remap and the lookup, so
+  the admitted id's first lookup already reads its fresh row (the rows change in place: run the backward of a
+  forward before the next forward, as usual). TorchRec's evict is a no-op (the rows keep the old values);
   `reinitialize_evicted_rows=False` on the wrappers (`reinitialize=False` on `evict`) gives that behaviour;
 * the embedding module and the collection may hold equal configs (compared by value, an init_fn
   functools.partial by its function and arguments), not only the identical objects.
@@ -141,8 +143,9 @@ class BaseManagedCollisionEmbeddingCollection(nn.Module):
         self, features: Any, mutate_miss_lengths: bool = True
     ) -> Tuple[Union[KeyedTensor, Dict[str, JaggedTensor]], Optional[KeyedJaggedTensor]]:
         remapped = self._managed_collision_collection(features, mutate_miss_lengths=mutate_miss_lengths)
-        embeddings = self._embedding_module(remapped)
+        # Before the lookup, so that an id admitted in this step reads its fresh row, not its predecessor's.
         evict(self._managed_collision_collection.evict(), self._embedding_module, self._reinitialize_evicted_rows)
+        embeddings = self._embedding_module(remapped)
         return embeddings, (remapped if self._return_remapped_features else None)
 
     def lookup_remapped_lengths_mask(self, features: Any) -> torch.Tensor:

@@ -30,30 +30,6 @@ def sides(record: Record, ctx: Context) -> List[str]:
     return ["refimpl" if s == "refimpl" else ctx.against for s in record.sides]
 
 
-def missing_package(packages: Sequence[str]) -> Optional[str]:
-    """Why a package's managed-collision modules do not import, or None."""
-    for package in packages:
-        try:
-            io.mc_modules(package)
-            io.mc_embedding_modules(package)
-        except ImportError as exc:
-            return f"{package}'s managed-collision modules do not import ({type(exc).__name__}: {exc})"
-    return None
-
-
-def _guarded(check: Callable[[Record, Context], Outcome]) -> Callable[[Record, Context], Outcome]:
-    """A check that skips, saying why, while a package's managed-collision modules are absent."""
-    def run(record: Record, ctx: Context) -> Outcome:
-        reason = missing_package(sides(record, ctx))
-        if reason is not None:
-            return Outcome(SKIP, detail=reason)
-        return check(record, ctx)
-
-    run.__doc__ = check.__doc__
-    run.__name__ = check.__name__
-    return run
-
-
 def _crash(exc: BaseException) -> str:
     frame = traceback.extract_tb(exc.__traceback__)[-1]
     return f"raised {type(exc).__name__}: {exc} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
@@ -359,16 +335,30 @@ def _step_problem(spec: MCH, step: io.Step, obs: io.Observation, before: Dict[st
     return problem
 
 
+def invariant_streams(options: Dict[str, Any]) -> List[Stream]:
+    """The named MCH streams an invariant record also runs (those of its policies, without the
+    probabilistic filter), so that every invariant sees full tables and evictions of residents."""
+    names = {p.name for p in options.get("policies", mc_streams.POLICIES)}
+    return [s for s in mc_streams.NAMED if s.module.policy.name in names]
+
+
 def check_invariants(record: Record, ctx: Context) -> Outcome:
-    """record.data = (streams, invariants, compose options): the invariants hold after every
-    step of each random stream, in refimpl and in the package under test."""
+    """record.data = (number of random streams, invariants, compose options): the invariants hold
+    after every step of the named streams and of each random stream, in refimpl and in the
+    package under test."""
     n, which, options = record.data
     problems, count = [], 0
     for package in sides(record, ctx):
-        safe = package == "torchrec"
+        for stream in invariant_streams(dict(options)):
+            if package == "torchrec" and not fits_torchrec(stream):
+                continue
+            count += 1
+            problem = invariant_problem(stream, package, ctx, which)
+            if problem:
+                problems.append(f"{package}: {problem} (stream '{stream.name}')")
         runs, problem = for_random_streams(n, ctx, f"{record.id}/{package}",
                                            lambda s, p=package: invariant_problem(s, p, ctx, which),
-                                           torchrec_safe=safe, **dict(options))
+                                           torchrec_safe=package == "torchrec", **dict(options))
         count += runs
         if problem:
             problems.append(f"{package}: {problem}")
@@ -455,14 +445,49 @@ def _owner_changes(before: Dict[str, np.ndarray], after: Dict[str, np.ndarray], 
     return sorted(m for m in owners[0] if owners[0][m] != owners[1][m])
 
 
+def _lookup(emb: Any, tables: Any, weights: Dict[str, np.ndarray], obs: io.Observation) -> io.Observation:
+    """refimpl's embedding module, holding `weights`, on a step's remapped features: what the step's
+    embeddings are when the lookup reads those rows."""
+    from refimpl.sparse import KeyedJaggedTensor
+
+    emb.load_state_dict({k[len("_embedding_module."):]: v for k, v in weights.items()})
+    keys = [str(k) for k in obs["remapped keys"]]
+    lengths = obs["remapped lengths"]
+    kjt = KeyedJaggedTensor(keys, obs["remapped values"], lengths=lengths,
+                            stride=lengths.shape[0] // len(keys) if keys else 0)
+    result = emb(kjt)
+    if isinstance(result, dict):
+        return {f"embeddings[{k}]": np.asarray(jt.values(), dtype=np.float64) for k, jt in result.items()}
+    return {"embeddings": np.asarray(result.values(), dtype=np.float64)}
+
+
+def _close(a: np.ndarray, b: np.ndarray, longest: int) -> bool:
+    """Equal within float32 rounding of a sum of `longest` rows: 4 L eps32 of the largest value."""
+    bound = 4 * max(longest, 1) * EPS32 * max(1.0, float(np.abs(b).max()) if b.size else 0.0)
+    return a.shape == b.shape and (a.size == 0 or float(np.abs(a - b).max()) <= bound)
+
+
+def _read_rows(got: io.Observation, before: io.Observation, after: io.Observation, longest: int) -> Optional[str]:
+    """Which rows the step's lookup read: "before" or "after" the evicted rows were re-initialised,
+    "either" when they give the same embeddings, None when neither reproduces the output."""
+    names = [n for n in before]
+    fits_before = all(_close(got[n], before[n], longest) for n in names)
+    fits_after = all(_close(got[n], after[n], longest) for n in names)
+    if fits_before and fits_after:
+        return "either"
+    return "before" if fits_before else "after" if fits_after else None
+
+
 def wrapped_problem(stream: Stream, ctx: Context, check_reinit: Optional[bool] = None) -> str:
-    """Both packages over the same embedding rows (the torch module's, copied into refimpl): the
-    same remapped features and MC state after every step, the same embeddings (float32 lookups,
-    within 4 L eps32 of the largest value), and the same rows re-initialised by evict: exactly
-    the rows whose slot changed owner, inside the table's init bounds (D30; not TorchRec's no-op).
-    refimpl then takes the package's re-initialised rows, so that later lookups compare."""
+    """Both packages start every step from the same embedding rows (the torch module's, copied into
+    refimpl), and must show the same remapped features and MC state; the same rows re-initialised
+    by evict, exactly those whose slot changed owner, inside the table's init bounds (D30; not
+    TorchRec's no-op); and embeddings that are the lookup of the remapped ids in their own rows,
+    read at the same moment in both (before or after the re-initialisation), within float32
+    rounding. refimpl then takes the package's re-initialised rows, so that later steps compare."""
     tables = stream.module.tables
     check_reinit = ctx.against != "torchrec" if check_reinit is None else check_reinit
+    lookup_module = io.wrapped(tables, "refimpl")._embedding_module
     with io.running(ctx.against, ctx.seed):
         other = io.build(stream, ctx.against, ctx.device, ctx.seed)
         ref = io.build(stream, "refimpl", seed=ctx.seed)
@@ -477,14 +502,20 @@ def wrapped_problem(stream: Stream, ctx: Context, check_reinit: Optional[bool] =
                                           [{k: v for k, v in want.items() if ints(k)}], [step], start=i)
             if problem:
                 return problem
-            for name in (n for n in want if n.startswith("embeddings")):
-                a, b = got[name], want[name]
-                longest = int(step.batch.lengths.max()) if step.batch is not None and step.batch.lengths.size else 1
-                bound = 4 * max(longest, 1) * EPS32 * max(1.0, float(np.abs(b).max()) if b.size else 0.0)
-                if a.shape != b.shape or (a.size and float(np.abs(a - b).max()) > bound):
-                    return f"{where}: {name} differs from refimpl by more than {bound:.3g}"
             after = io.state_of(other)
             ref_after = {k[len("state "):]: v for k, v in want.items() if k.startswith("state ")}
+            if step.op == "forward":
+                longest = int(step.batch.lengths.max()) if step.batch.lengths.size else 1
+                read = {}
+                from_before = _lookup(lookup_module, tables, _weights(before), want)
+                for side, obs, state in ((ctx.against, got, after), ("refimpl", want, ref_after)):
+                    read[side] = _read_rows(obs, from_before, _lookup(lookup_module, tables, _weights(state), want),
+                                            longest)
+                    if read[side] is None:
+                        return f"{where}: {side}'s embeddings are not the lookup of its remapped ids in its rows"
+                if "either" not in read.values() and read[ctx.against] != read["refimpl"]:
+                    return (f"{where}: {ctx.against} looks its rows up {read[ctx.against]} re-initialising the "
+                            f"evicted ones, refimpl {read['refimpl']}")
             if check_reinit:
                 for t in tables.tables:
                     key = next(k for k in _weights(after) if k.endswith(f".{t.name}.weight"))
@@ -539,7 +570,8 @@ def error_problem(case: MCError, package: str, ctx: Context) -> str:
         got = [io.observe(module, s, package, device) for s in case.follow]
         want = [io.observe(clean, s, package, device) for s in case.follow]
     # Rows re-initialised by an MC embedding collection's evict are random draws: not compared.
-    problem = io.first_difference(got, want, case.follow, skip=lambda name: name.startswith("state _embedding_module"))
+    problem = io.first_difference(got, want, case.follow,
+                                  skip=lambda name: name.startswith(("state _embedding_module", "embeddings")))
     return f"after the failed call: {problem}" if problem else ""
 
 

@@ -17,7 +17,7 @@ from conformance.properties import embeddings_io as eio
 from conformance.properties import mc_io as io
 from conformance.properties.embeddings_checks import outcome_of
 from conformance.properties.embeddings_discrepancies import _raises
-from conformance.properties.mc_checks import _guarded, sides
+from conformance.properties.mc_checks import sides
 from conformance.properties.mc_io import MAX, Policy, Table, Tables
 from conformance.records import Record
 from conformance.runner import Context, Outcome
@@ -48,7 +48,6 @@ def _run(package: str, fn: Any) -> Any:
         return fn()
 
 
-@_guarded
 def check_d20(record: Record, ctx: Context) -> Outcome:
     """apply_mc_method_to_jt_dict(mc_module, method, features_dict) == getattr(mc_module, method)(features_dict)
     everywhere; the page's form (method, features_dict, table_to_features, managed_collisions) raises
@@ -75,7 +74,6 @@ def check_d20(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d21(record: Record, ctx: Context) -> Outcome:
     """ManagedCollisionModule(device, output_segments) constructs everywhere; the page's
     ManagedCollisionModule(device) raises TypeError (missing output_segments) in TorchRec (recspec
@@ -95,7 +93,6 @@ def check_d21(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d22(record: Record, ctx: Context) -> Outcome:
     """input_hash_size defaults to 2^63 - 1 (the page says 2^63)."""
     problems = []
@@ -106,7 +103,6 @@ def check_d22(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d23(record: Record, ctx: Context) -> Outcome:
     """Z=4, output_global_offset=10, ids 1..5 in one LFU round: outputs [10, 11, 12, 13, 13], i.e.
     [off, off + Z - 1] inclusive, off + Z - 1 the shared miss id (page: [off, off + Z - 1))."""
@@ -118,7 +114,6 @@ def check_d23(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d24(record: Record, ctx: Context) -> Outcome:
     """mch_size and mch_hash_func are accepted and ignored: output_size() stays zch_size and the
     outputs equal those of a module built without them (the page: ids shifted into a residual range)."""
@@ -138,7 +133,6 @@ def check_d24(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d25(record: Record, ctx: Context) -> Outcome:
     """rebuild_with_output_id_range((10, 13), output_segments=[10, 13]) gives an empty module with
     Z = 3 and offset 10, everywhere; forward takes mutate_miss_lengths (ignored). The page's
@@ -165,7 +159,6 @@ def check_d25(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d26(record: Record, ctx: Context) -> Outcome:
     """eviction_interval=1 is accepted; 0 raises: TorchRec an AssertionError whose message says
     "> 1", recspec a ValueError naming eviction_interval, the expected and the received value."""
@@ -184,7 +177,6 @@ def check_d26(record: Record, ctx: Context) -> Outcome:
 PROBABILISTIC_IDS = 20000
 
 
-@_guarded
 def check_d27(record: Record, ctx: Context) -> Outcome:
     """probabilistic_threshold_filter at p = 0.01 passes an id seen 100 times with probability
     1 - 0.99^100 = 0.634 (the page: 60%): over 20000 such ids the pass rate is within 0.015 of
@@ -209,7 +201,6 @@ def _tables(order: Sequence[str] = ("t1", "t2")) -> Tables:
     return Tables((Table("t1", 5, ("f1", "f2")), Table("t2", 4, ("f3",))), module_order=tuple(order))
 
 
-@_guarded
 def check_d28(record: Record, ctx: Context) -> Outcome:
     """ManagedCollisionCollection takes embedding_configs (and need_preprocess); the page's
     parameter text `embedding_confgs` raises TypeError everywhere."""
@@ -225,7 +216,6 @@ def check_d28(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d29(record: Record, ctx: Context) -> Outcome:
     """ManagedCollisionEmbeddingBagCollection takes embedding_bag_collection and
     managed_collision_collection (a collection); the page's embedding_module= /
@@ -259,7 +249,6 @@ def _ebc(package: str, configs: List[Any], bags: bool = True) -> Any:
     return eio.adapters.module_class(package, name)(configs)
 
 
-@_guarded
 def check_d30(record: Record, ctx: Context) -> Outcome:
     """After a forward that admits ids 1 and 2 into an MC-EBC table, TorchRec's rows are unchanged
     (its evict is a no-op, and mc_embedding_modules.evict returns None); recspec re-initialises
@@ -290,7 +279,6 @@ def check_d30(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d32(record: Record, ctx: Context) -> Outcome:
     """Output ids lie in [off, off + Z), not [0, max_output_id): with off = 10 every output id of
     a batch with hits and misses is >= 10 and < 14."""
@@ -313,7 +301,6 @@ def _collection_run(package: str, spec: Tables, batches: Sequence[eio.Batch]) ->
         return outs, io.state_of(mcc)
 
 
-@_guarded
 def check_d35(record: Record, ctx: Context) -> Outcome:
     """A collection called with keys [f3, f1, f2] and then [f1, f2, f3]: recspec remaps each feature
     as if the keys came in one order (the second batch, permuted back, gives the same per-feature
@@ -332,7 +319,6 @@ def check_d35(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d36(record: Record, ctx: Context) -> Outcome:
     """A collection whose module dict lists t2 before t1 (configs t1, t2): recspec pairs modules and
     tables by name (same ids and state as the dict in config order); TorchRec pairs them by
@@ -349,7 +335,6 @@ def check_d36(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d37(record: Record, ctx: Context) -> Outcome:
     """sem. 14 TV10: LFU, Z=10, I=2, batches [1, 2] then [3..7]: TorchRec's window holds
     int(2 * 2 * 1.25) = 5 ids, so 6 and 7 are dropped (raw [1..5]); recspec's grows (raw [1..7]).
@@ -374,7 +359,6 @@ def check_d37(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d38(record: Record, ctx: Context) -> Outcome:
     """An MC-EBC given equal copies of the configs (not the same objects): TorchRec raises
     AssertionError (its configs compare by init_fn identity); recspec accepts it, and the
@@ -406,7 +390,6 @@ def check_d38(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d39(record: Record, ctx: Context) -> Outcome:
     """Ids recspec refuses, with the state untouched, where TorchRec goes on: int32 ids (TorchRec:
     RuntimeError after profiling advanced the iteration), the reserved id 2^63 - 1 (TorchRec maps
@@ -462,7 +445,6 @@ def _hash_module(package: str) -> Any:
     return _mch(package, 5, input_hash_size=7, input_hash_func=io.shifted_hash)
 
 
-@_guarded
 def check_d40(record: Record, ctx: Context) -> Outcome:
     """zch_size=1 (a table that is only the sentinel): TorchRec accepts it and maps every id to
     output 0; recspec raises ValueError naming zch_size (at least 2: one slot is the miss id)."""
@@ -479,7 +461,6 @@ def check_d40(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d41(record: Record, ctx: Context) -> Outcome:
     """A feature the collection needs, missing after a good first call: TorchRec's cached
     permutation raises IndexError; recspec raises ValueError naming the feature (as on a first call)."""
@@ -499,7 +480,6 @@ def check_d41(record: Record, ctx: Context) -> Outcome:
     return outcome_of(problems, len(sides(record, ctx)))
 
 
-@_guarded
 def check_d42(record: Record, ctx: Context) -> Outcome:
     """An eviction round over an empty window (I = 1, an empty batch) with the dynamic threshold
     filter: TorchRec's filter divides by the number of unique ids and raises ZeroDivisionError;

@@ -201,19 +201,23 @@ class Tables:
         cls = mc_modules(package).ManagedCollisionCollection
         return cls(self.modules(package, device, seed), configs if configs is not None else self.configs(package))
 
-    @property
-    def features(self) -> Tuple[str, ...]:
-        return tuple(f for t in self.tables for f in t.features)
-
-    def table_of(self, feature: str) -> Table:
-        return next(t for t in self.tables if feature in t.features)
-
     def describe(self) -> str:
         text = "; ".join(f"{t.name}(Z={t.rows}: {','.join(t.features)})" for t in self.tables)
         text += f"; {self.policy.describe()}, I={self.interval}"
         if self.module_order:
             text += f"; module dict order {list(self.module_order)}"
         return text
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """An MC embedding collection over `tables` (its kind picks EBC or EC)."""
+
+    tables: Tables
+
+    def describe(self) -> str:
+        which = "MC-EBC" if self.tables.kind == "EmbeddingBagConfig" else "MC-EC"
+        return f"{which} over {self.tables.describe()}"
 
 
 def wrapped(tables: Tables, package: str, device: str = "cpu", seed: int = 0, same_configs: bool = True) -> Any:
@@ -303,7 +307,6 @@ class Stream:
     name: str
     module: Any  # MCH | Tables
     steps: Tuple[Step, ...]
-    note: str = ""
     preset: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()  # state_dict entries loaded before the first step
 
     def describe(self) -> str:
@@ -423,27 +426,14 @@ def observe(module: Any, step: Step, package: str, device: str = "cpu") -> Obser
 
 def build(stream: Stream, package: str, device: str = "cpu", seed: int = 0) -> Any:
     """The stream's module in `package`, in training mode, with its preset state loaded."""
-    if isinstance(stream.module, MCH):
-        module = stream.module.build(package, device, seed)
-    elif isinstance(stream.module, Wrapped):
+    if isinstance(stream.module, Wrapped):
         module = wrapped(stream.module.tables, package, device, seed)
-    else:
+    else:  # an MCH or Tables
         module = stream.module.build(package, device, seed)
     if stream.preset:
         preset(module, stream.preset, package)
     module.train()
     return module
-
-
-@dataclass(frozen=True)
-class Wrapped:
-    """An MC embedding collection over `tables` (its kind picks EBC or EC)."""
-
-    tables: Tables
-
-    def describe(self) -> str:
-        which = "MC-EBC" if self.tables.kind == "EmbeddingBagConfig" else "MC-EC"
-        return f"{which} over {self.tables.describe()}"
 
 
 @contextlib.contextmanager

@@ -187,10 +187,11 @@ Integer = Callable[[int, int], int]
 
 
 def compose(pick: Pick, integer: Integer, *, torchrec_safe: bool = False, probabilistic: bool = False,
-            policies: Sequence[Policy] = POLICIES, max_steps: int = 10) -> Stream:
+            policies: Sequence[Policy] = POLICIES, max_steps: int = 14) -> Stream:
     """A random stream: Z in 2..8, one of the policies and filters, I in 1..4, an offset, hashing
-    (x mod s) or not, ids from a pool about 2 Z wide with negative ids, a non-empty first batch,
-    then forwards (one or two features, empty bags, empty batches), evict(), train() and eval().
+    (x mod s) or not, ids from a pool Z/2 to 2 Z wide with negative ids (so that tables fill and
+    residents compete), a non-empty first batch, then forwards (one or two features, empty bags,
+    empty batches), evict(), train() and eval().
     torchrec_safe: no batch is larger than the first, so that TorchRec's window never overflows;
     probabilistic: the probabilistic filter may be drawn (its draws differ between packages)."""
     filters = FILTERS + ((Filter("probabilistic", 0.3),) if probabilistic else ())
@@ -199,22 +200,22 @@ def compose(pick: Pick, integer: Integer, *, torchrec_safe: bool = False, probab
     hashing = integer(0, 2) == 0
     spec = MCH(Z, policy, interval=integer(1, 4), offset=pick(OFFSETS),
                hash="mod" if hashing else None, hash_size=integer(3, 12) if hashing else MAX)
-    lo, hi = -3, integer(Z, 3 * Z)
-    first = integer(1, 6)
+    lo, hi = -3, integer(max(2, Z // 2), 2 * Z)
+    first = integer(1, 8)
     # TorchRec's dynamic filter divides by the number of ids in the window (ledger D42)
     least = 1 if torchrec_safe and policy.filter is not None and policy.filter.kind == "dynamic" else 0
     steps = [_batch(pick, integer, lo, hi, first, exact=True)]
     for _ in range(integer(1, max_steps)):
-        op = pick(("forward", "forward", "forward", "forward", "evict", "train", "eval"))
+        op = pick(("forward", "forward", "forward", "forward", "forward", "evict", "train", "eval"))
         if op == "forward":
-            steps.append(_batch(pick, integer, lo, hi, first if torchrec_safe else 6, least=least))
+            steps.append(_batch(pick, integer, lo, hi, first if torchrec_safe else 10, least=least))
         else:
             steps.append({"evict": EVICT, "train": TRAIN, "eval": EVAL}[op])
     return Stream("random", spec, tuple(steps))
 
 
 def _batch(pick: Pick, integer: Integer, lo: int, hi: int, cap: int, exact: bool = False, least: int = 0) -> Step:
-    """One forward: one or two features of 1..3 bags each, at most `cap` ids (exactly cap if exact),
+    """One forward: one or two features of 1..3 bags of up to 4 ids, at most `cap` ids (exactly cap if exact),
     the first bag at least `least` long."""
     keys = KEYS[:integer(1, 2)] if not exact else KEYS[:1]
     features = []
@@ -224,7 +225,7 @@ def _batch(pick: Pick, integer: Integer, lo: int, hi: int, cap: int, exact: bool
         lengths = []
         for b in range(bags):
             low = least if key == keys[0] and b == 0 else 0
-            n = room if exact and b == bags - 1 else integer(low, max(low, min(room, 3)))
+            n = room if exact and b == bags - 1 else integer(low, max(low, min(room, 4)))
             lengths.append(n)
             room -= n
         ids = tuple(integer(lo, hi) for _ in range(sum(lengths)))

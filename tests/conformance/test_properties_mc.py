@@ -239,3 +239,36 @@ def test_torchrec_drops_ids_where_recspec_grows_the_window(torchrec_ctx):
 def test_lfu_invariants_hold_in_torchrec(stream):
     pytest.importorskip("torchrec", reason=TORCHREC_REASON)
     assert mk.invariant_problem(stream, "torchrec", Context(against="torchrec")) == ""
+
+
+def test_the_lfu_record_sees_residents_evicted(monkeypatch, ctx):
+    # not vacuous: some rounds of its streams replace a resident by a candidate with a higher count
+    seen = []
+    original = mk.lfu_problem
+
+    def spy(before, after, window, filtered):
+        seen.append(bool(set(before) - set(after)) and bool(set(after) - set(before)))
+        return original(before, after, window, filtered)
+
+    monkeypatch.setattr(mk, "lfu_problem", spy)
+    row = run_record(_record("MCHManagedCollisionModule/lfu_never_evicts_for_lower_count"), ctx)
+    assert row.status == PASS and sum(seen) >= 3
+
+
+def test_the_state_dict_record_has_save_points(monkeypatch, ctx):
+    points = []
+    original = mk.checkpoint_problem
+
+    def spy(stream, package, ctx):
+        points.append(len(mk.save_points(stream)))
+        return original(stream, package, ctx)
+
+    monkeypatch.setattr(mk, "checkpoint_problem", spy)
+    row = run_record(_record("MCHManagedCollisionModule/state_dict_continues"), ctx)
+    assert row.status == PASS and sum(points) >= 8
+
+
+def test_the_reinit_check_catches_torchrecs_no_op_evict(torchrec_ctx):
+    # TorchRec keeps the old rows: held to recspec's rule (D30), its MC-EBC stream fails
+    problem = mk.wrapped_problem(ms.WRAPPED[0], torchrec_ctx, check_reinit=True)
+    assert "torchrec re-initialised rows [] of t1" in problem

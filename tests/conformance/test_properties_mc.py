@@ -272,3 +272,34 @@ def test_the_reinit_check_catches_torchrecs_no_op_evict(torchrec_ctx):
     # TorchRec keeps the old rows: held to recspec's rule (D30), its MC-EBC stream fails
     problem = mk.wrapped_problem(ms.WRAPPED[0], torchrec_ctx, check_reinit=True)
     assert "torchrec re-initialised rows [] of t1" in problem
+
+
+# --- on device cuda: a real GPU, or Numba's simulator ------------------------------------------------
+# The named-stream, vector and bad-input records (the random-stream ones repeat the same kernels at
+# simulator speed); the MC embedding collections also launch the lookup kernels.
+CUDA_RECORDS = [r for r in mc.RECORDS if r.kind in ("forward", "golden", "error")
+                and not r.generator.startswith("random streams") and "accel" in r.sides]
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("record", CUDA_RECORDS, ids=lambda r: r.id)
+def test_record_on_cuda(record):
+    import numba
+    import torch
+
+    from accel.kernels._device import cuda_backend, simulated_cuda
+
+    simulator = bool(numba.config.ENABLE_CUDASIM)
+    if not simulator and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device seen by torch, or NUMBA_ENABLE_CUDASIM=1 for Numba's simulator")
+    ctx = Context.for_device("cuda")
+    if simulator:
+        with simulated_cuda() as launches:
+            row = run_record(record, ctx)
+        uses_kernels = record.module.endswith(("Module", "Policy", "Collection")) and record.kind != "error"
+        assert launches.count > 0 or not uses_kernels, f"{record.id}: no CUDA launch under simulated_cuda()"
+    else:
+        row = run_record(record, ctx)
+    assert cuda_backend() == ("simulator" if simulator else "device")
+    assert row.status == PASS, f"{row.detail}\nrepro: {row.repro}"

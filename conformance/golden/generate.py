@@ -11,11 +11,12 @@ with seed = BASE_SEED + i:
     input       B = 3 rows, N(0, 1) from default_rng([seed, 1])
     grad_output N(0, 1) of the output's shape from default_rng([seed, 2])
 and the output and gradients of L = sum(output * grad_output) from refimpl's forward and
-analytic backward. The manifest records the schema version, this script, the seeds, NumPy's
-version and, per file, the module, its constructor arguments (JSON: nested modules as
-{"module", "args", "kwargs"}, elementwise activations as {"activation": name}), the reduction
-length n that the float64 tolerances scale with, the array shapes and the sha256.
-Regenerating with the same NumPy and BLAS gives the same bytes.
+analytic backward. The manifest (format `recspec-golden/1`, docs/golden_format.md) records the
+schema, this script and its version, the seeds, NumPy's version and, per file, the module, its
+constructor arguments (JSON: nested modules as {"module", "args", "kwargs"}, elementwise
+activations as {"activation": name}), the layout (dense or jagged, with the KJT's keys), the
+reduction length n that the float64 tolerances scale with, every array's role, dtype, shape and
+meaning, and the sha256. Regenerating with the same NumPy and BLAS gives the same bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from conformance.golden import store
 from conformance.records import Build
 
 BASE_SEED = 20261127
+# Bumped whenever a change here (seeds, batch, draws, layout) changes the stored values.
+GENERATOR_VERSION = 1
 BATCH = 3
 HERE = Path(__file__).resolve().parent
 
@@ -62,6 +65,16 @@ def vectors(build: Build, seed: int) -> Dict[str, np.ndarray]:
     return arrays
 
 
+def layout(build: Build) -> Dict[str, Any]:
+    """{"layout": "dense"}, or for a jagged input {"layout": "jagged", "kjt_keys": [...]}: the
+    KeyedJaggedTensor's keys in the order kjt.lengths stores them (strings stay out of the .npz)."""
+    from conformance.properties import embeddings_cases, embeddings_golden
+
+    if build.module not in embeddings_golden.MODULES:
+        return {"layout": "dense"}
+    return {"layout": "jagged", "kjt_keys": list(embeddings_cases.features_of(build))}
+
+
 def generate(directory: Path, builds: Optional[List[Build]] = None) -> Dict[str, Any]:
     """Write one .npz per build and the manifest into `directory`; return the manifest."""
     from conformance.properties import GOLDEN
@@ -77,19 +90,24 @@ def generate(directory: Path, builds: Optional[List[Build]] = None) -> Dict[str,
         files[name] = {
             "module": build.module,
             "constructor": build.describe(),
+            **layout(build),
             "reduction": build.reduction,
+            "dtype": "float64",
             "seed": seed,
-            "shapes": {k: list(v.shape) for k, v in sorted(arrays.items())},
             "sha256": digest,
+            **store.describe(arrays),
         }
     manifest = {
-        "schema_version": store.SCHEMA_VERSION,
-        "generator": "conformance/golden/generate.py",
-        "command": "python -m conformance.golden.generate conformance/golden",
+        "schema": store.SCHEMA,
+        "generator": {
+            "script": "conformance/golden/generate.py",
+            "version": GENERATOR_VERSION,
+            "command": "python -m conformance.golden.generate conformance/golden",
+            "numpy_version": np.__version__,
+            "python_version": platform.python_version(),
+        },
         "dtype": "float64",
         "seeds": f"file i uses seed {BASE_SEED} + i; input default_rng([seed, 1]), grad_output default_rng([seed, 2])",
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
         "files": files,
     }
     store.write_manifest(directory, manifest)

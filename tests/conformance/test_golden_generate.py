@@ -34,7 +34,29 @@ def test_manifest_records_seeds_and_versions(regenerated):
     manifest = json.loads((regenerated / "manifest.json").read_text())
     seeds = [entry["seed"] for entry in manifest["files"].values()]
     assert seeds == list(range(generate.BASE_SEED, generate.BASE_SEED + len(seeds)))
-    assert manifest["numpy_version"] == np.__version__
+    assert manifest["schema"] == store.SCHEMA == "recspec-golden/1"
+    assert manifest["generator"]["numpy_version"] == np.__version__
+    assert manifest["generator"]["version"] == generate.GENERATOR_VERSION
+
+
+def test_regenerated_manifest_equals_the_committed_one_but_for_versions(regenerated):
+    # The committed manifest is what this generator writes: same descriptions, same sha256.
+    committed = json.loads((GOLDEN_DIR / "manifest.json").read_text())
+    fresh = json.loads((regenerated / "manifest.json").read_text())
+    for manifest in (committed, fresh):
+        del manifest["generator"]["numpy_version"], manifest["generator"]["python_version"]
+        for entry in manifest["files"].values():
+            del entry["sha256"]  # bytes may differ where another BLAS reorders sums
+    assert fresh == committed
+
+
+def test_layout_names_the_jagged_inputs_keys():
+    from conformance.properties import GOLDEN
+
+    by_module = {b.module: b for b in GOLDEN}
+    assert generate.layout(by_module["CrossNet"]) == {"layout": "dense"}
+    jagged = generate.layout(by_module["EmbeddingBagCollection"])
+    assert jagged["layout"] == "jagged" and jagged["kjt_keys"] and all(isinstance(k, str) for k in jagged["kjt_keys"])
 
 
 def test_vectors_hold_consistent_gradients():

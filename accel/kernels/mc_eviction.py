@@ -33,7 +33,7 @@ import torch
 from numba import njit
 
 from accel.kernels import _device
-from accel.kernels.mc_remap import _lower_bound_cpu
+from accel.kernels.mc_remap import gallop
 
 MAX_ID = np.iinfo(np.int64).max
 LFU, LRU, DISTANCE_LFU = 0, 1, 2
@@ -79,6 +79,13 @@ def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last):
     o = _frequency_order(c)
     n = o.shape[0]
     Z = raw.shape[0]
+    # Matching in u's order, ascending as the coalesce leaves it: each search gallops on from the last.
+    found = np.empty(n, np.int64)
+    pos = 0
+    for j in range(n):
+        start = pos if j > 0 and u[j] >= u[j - 1] else 0
+        pos = gallop(raw, Z - 1, start, u[j])
+        found[j] = pos
     n_ids = np.empty(n, np.int64)
     n_c = np.empty(n, np.int64)
     n_la = np.empty(n, np.int64)
@@ -86,7 +93,7 @@ def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last):
     for k in range(n):
         j = o[k]
         v = u[j]
-        pos = _lower_bound_cpu(raw, Z - 1, v)
+        pos = found[j]
         if raw[pos] == v:
             if has_counts:
                 counts[pos] += c[j]
@@ -111,9 +118,15 @@ _SIGN32 = np.uint64(1 << 31)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _NAN32_KEY = np.uint64(1 << 32)
 _NAN64_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
-# Radix select: 16-bit digits, 4 levels for 64-bit keys; 65,536 counters (512 KiB) per level.
-_DIGIT = np.uint64(16)
-_DIGIT_MASK = np.uint64(0xFFFF)
+# Radix select levels (digit shifts and widths, most significant first): 16-bit digits for 64-bit keys
+# (65,536 counters, 512 KiB); float32 keys span 33 bits (NaN's key is 2^32): 17 bits, then 16.
+_LEVELS = {
+    0: (np.array([48, 32, 16, 0], np.int64), np.array([16, 16, 16, 16], np.int64)),
+    1: (np.array([16, 0], np.int64), np.array([17, 16], np.int64)),
+    2: (np.array([48, 32, 16, 0], np.int64), np.array([16, 16, 16, 16], np.int64)),
+}
+# LFU counts below this are counted one bucket each in the one-pass cut.
+_SMALL_COUNTS = 1 << 16
 
 
 # Key kinds: the bits of int64, float32 or float64 scores.
@@ -146,60 +159,95 @@ def _unit_decay_scores(distance_lfu, cur, counts, last, out):
 
 
 @_device.cpu_jit()
-def _kth_key(st, bt, sn, bn, kind, rank):
-    # The rank-th smallest key (0-based) of the table and candidate scores together: MSD radix select, each
-    # level counting the next 16-bit digit of the keys that share the digits chosen so far.
-    hist = np.empty(1 << 16, np.int64)
-    prefix = np.uint64(0)
-    for level in range(4):
-        shift = np.uint64(48 - 16 * level)
-        hist[:] = 0
-        for i in range(st.shape[0]):
-            x = _key(st[i], bt[i], kind)
-            if level == 0 or (x >> (shift + _DIGIT)) == prefix:
-                hist[(x >> shift) & _DIGIT_MASK] += 1
-        for i in range(sn.shape[0]):
-            x = _key(sn[i], bn[i], kind)
-            if level == 0 or (x >> (shift + _DIGIT)) == prefix:
-                hist[(x >> shift) & _DIGIT_MASK] += 1
-        b = 0
-        while rank >= hist[b]:
-            rank -= hist[b]
-            b += 1
-        prefix = (prefix << _DIGIT) | np.uint64(b)
-    return prefix
+def _small_int_cut(st, bt, sn, bn, rank):
+    # LFU's usual case in one pass: counts in [0, 65535) are counted one bucket each (larger ones, the
+    # sentinel's included, in one overflow bucket, negative ones apart). Returns (v, #keys below v), or
+    # (0, -1) when the rank-th smallest key is not a small count.
+    hist = np.zeros(_SMALL_COUNTS + 1, np.int64)
+    negative = 0
+    for i in range(st.shape[0]):
+        x = st[i]
+        if x < 0:
+            negative += 1
+        else:
+            hist[min(x, _SMALL_COUNTS)] += 1
+    for j in range(sn.shape[0]):
+        x = sn[j]
+        if x < 0:
+            negative += 1
+        else:
+            hist[min(x, _SMALL_COUNTS)] += 1
+    if rank < negative:
+        return np.uint64(0), -1
+    below = negative
+    for b in range(_SMALL_COUNTS):
+        if rank < below + hist[b]:
+            return _key(np.int64(b), np.uint64(b), _INT_KEY), below
+        below += hist[b]
+    return np.uint64(0), -1
 
 
 @_device.cpu_jit()
-def _cut_cpu(st, bt, sn, bn, kind):
+def _kth_key(st, bt, sn, bn, kind, rank, shifts, widths):
+    # The rank-th smallest key (0-based) and the number of keys below it: MSD radix select, each level
+    # counting the next digit (bits [shift, shift + width)) of the keys that share the digits chosen so far.
+    hist = np.empty(1 << widths.max(), np.int64)
+    prefix = np.uint64(0)
+    below = 0
+    for level in range(shifts.shape[0]):
+        shift = np.uint64(shifts[level])
+        width = np.uint64(widths[level])
+        top = shift + width
+        mask = (np.uint64(1) << width) - np.uint64(1)
+        hist[:] = 0
+        for i in range(st.shape[0]):
+            x = _key(st[i], bt[i], kind)
+            if top >= np.uint64(64) or (x >> top) == prefix:
+                hist[(x >> shift) & mask] += 1
+        for j in range(sn.shape[0]):
+            x = _key(sn[j], bn[j], kind)
+            if top >= np.uint64(64) or (x >> top) == prefix:
+                hist[(x >> shift) & mask] += 1
+        b = 0
+        while rank >= hist[b]:
+            rank -= hist[b]
+            below += hist[b]
+            b += 1
+        prefix = (prefix << width) | np.uint64(b)
+    return prefix, below
+
+
+@_device.cpu_jit()
+def _cut_cpu(st, bt, sn, bn, kind, v, below):
     # The m lowest-ranked of the Z + m entries (rank: key descending, then concatenation index ascending):
-    # every entry keyed below v, the m-th smallest key, and of those keyed v the ones with the highest
-    # indices. Returns ev (dropped slots) and sel (kept candidates), each in rank order.
+    # every entry keyed below v, the m-th smallest key (`below` of them), and of those keyed v the ones with
+    # the highest indices (candidates before table slots). Returns ev (dropped slots) and sel (kept
+    # candidates), each in rank order.
     Z = st.shape[0]
     m = sn.shape[0]
-    v = _kth_key(st, bt, sn, bn, kind, m - 1)
-    below = 0
-    for i in range(Z):
-        if _key(st[i], bt[i], kind) < v:
-            below += 1
-    for j in range(m):
-        if _key(sn[j], bn[j], kind) < v:
-            below += 1
     need = m - below
-    cut = Z + m
-    i = Z + m - 1
-    while need > 0:
-        x = _key(st[i], bt[i], kind) if i < Z else _key(sn[i - Z], bn[i - Z], kind)
-        if x == v:
-            cut = i
+    cut_new = m  # candidates j >= cut_new keyed v are dropped
+    cut_table = Z  # table slots i >= cut_table keyed v are dropped
+    j = m - 1
+    while need > 0 and j >= 0:
+        if _key(sn[j], bn[j], kind) == v:
+            cut_new = j
             need -= 1
-        i -= 1
+        j -= 1
+    if need > 0:
+        cut_new = 0
+        i = Z - 1
+        while need > 0:
+            if _key(st[i], bt[i], kind) == v:
+                cut_table = i
+                need -= 1
+            i -= 1
     ev = np.empty(min(Z, m), np.int64)
     ev_key = np.empty(min(Z, m), np.uint64)
     k = 0
     for i in range(Z):
         x = _key(st[i], bt[i], kind)
-        if x < v or (x == v and i >= cut):
+        if x < v or (x == v and i >= cut_table):
             ev[k] = i
             ev_key[k] = ~x
             k += 1
@@ -208,7 +256,7 @@ def _cut_cpu(st, bt, sn, bn, kind):
     q = 0
     for j in range(m):
         x = _key(sn[j], bn[j], kind)
-        if not (x < v or (x == v and Z + j >= cut)):
+        if not (x < v or (x == v and j >= cut_new)):
             sel[q] = j
             sel_key[q] = ~x
             q += 1
@@ -383,6 +431,19 @@ def round_scores(kind: int, decay: float, cur: int, table: Table, n_c: np.ndarra
     return s[:Z], s[Z:]
 
 
+def cut(s_table: np.ndarray, s_new: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(ev, sel) of step 11 for scores [s_table | s_new] of one dtype (len(s_new) >= 1), in rank order."""
+    st, bt, kind = _bits(s_table)
+    sn, bn, _ = _bits(s_new)
+    m = sn.shape[0]
+    below = -1
+    if kind == _INT_KEY:
+        v, below = _small_int_cut(st, bt, sn, bn, m - 1)
+    if below < 0:
+        v, below = _kth_key(st, bt, sn, bn, kind, m - 1, *_LEVELS[kind])
+    return _cut_cpu(st, bt, sn, bn, kind, v, below)
+
+
 def union(pending: torch.Tensor, evicted: torch.Tensor) -> torch.Tensor:
     """sorted unique(pending | evicted), as torch.unique(torch.cat(...)) gives it (CPU int64)."""
     return torch.from_numpy(_union_cpu(pending.numpy(), evicted.numpy()))
@@ -405,10 +466,7 @@ def evict_round(kind: int, decay: float, cur: int, table: Table, u: torch.Tensor
                                     last.numpy(), cur, has_counts, has_last)
     if n_ids.shape[0] == 0:
         return dummy
-    st, sn = round_scores(kind, decay, cur, table, n_c, n_la)
-    st, bt, key_kind = _bits(st)
-    sn, bn, _ = _bits(sn)
-    ev, sel = _cut_cpu(st, bt, sn, bn, key_kind)
+    ev, sel = cut(*round_scores(kind, decay, cur, table, n_c, n_la))
     if ev.shape[0] != sel.shape[0]:
         raise AssertionError("evict_round: evicted slots and admitted ids differ in number")
     evicted = _assign_resort_cpu(table.raw.numpy(), table.mapping.numpy(), counts.numpy(), last.numpy(),

@@ -8,9 +8,9 @@ Shapes: h, hl int64 (>= p,) (the window is h[:p]); v int64 (n,) -> u, c, la int6
 Source: semantics.md 11.3 "profile" steps 3-4 and "coalesce" steps 1 and 3 (TorchRec: torch.unique with
 counts and inverse, then a scatter-max of the window's iterations).
 
-The coalesce sorts the window with an LSD radix sort on the ids' offsets from the window minimum (as many
-11-bit digits as that range needs: 3 for ids spread over 10^9, 2 for a window of small ids), stable, carrying
-hl. A stable sort of a chronological window leaves each id's latest iteration last in its group, but the
+The coalesce sorts the window with an LSD radix sort (mc_remap.radix_sort) on the ids' offsets from the window
+minimum (as many 11-bit digits as that range needs: 3 for ids spread over 10^9, 2 for a window of small ids),
+stable, carrying hl. A stable sort of a chronological window leaves each id's latest iteration last in its group, but the
 maximum is taken anyway, so an out-of-order window (a loaded state) coalesces the same way. One pass reads
 and writes the window once per digit, sequentially into 2048 buckets: at 6.5 million ids (eviction interval
 100 at 65,536 ids a batch) that is about 20 times faster than a comparison sort.
@@ -24,10 +24,7 @@ import numpy as np
 import torch
 
 from accel.kernels import _device
-
-# Digit width of the radix sort: 2048 buckets of counts (16 KiB) stay in L1 while a pass scatters.
-_DIGIT_BITS = 11
-_BUCKETS = 1 << _DIGIT_BITS
+from accel.kernels.mc_remap import radix_sort
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -46,44 +43,6 @@ def _record_cpu(h, hl, p, v, cur, with_last):
 
 
 @_device.cpu_jit()
-def _radix_sort(keys, payload, with_payload):
-    # Stable LSD radix sort of keys (uint64, offsets from the minimum) carrying payload; returns the sorted pair.
-    n = keys.shape[0]
-    top = np.uint64(0)
-    for i in range(n):
-        if keys[i] > top:
-            top = keys[i]
-    passes = 0
-    while top > 0:
-        passes += 1
-        top >>= np.uint64(_DIGIT_BITS)
-    src_k, dst_k = keys, np.empty_like(keys)
-    src_p, dst_p = payload, np.empty_like(payload)
-    mask = np.uint64(_BUCKETS - 1)
-    count = np.empty(_BUCKETS, np.int64)
-    for d in range(passes):
-        shift = np.uint64(d * _DIGIT_BITS)
-        count[:] = 0
-        for i in range(n):
-            count[(src_k[i] >> shift) & mask] += 1
-        total = 0
-        for b in range(_BUCKETS):
-            c = count[b]
-            count[b] = total
-            total += c
-        for i in range(n):
-            b = (src_k[i] >> shift) & mask
-            at = count[b]
-            dst_k[at] = src_k[i]
-            if with_payload:
-                dst_p[at] = src_p[i]
-            count[b] = at + 1
-        src_k, dst_k = dst_k, src_k
-        src_p, dst_p = dst_p, src_p
-    return src_k, src_p
-
-
-@_device.cpu_jit()
 def _coalesce_cpu(h, hl, with_last):
     # Sort the window by id offset (radix), then one pass over the groups: first id, size, latest iteration.
     n = h.shape[0]
@@ -96,7 +55,7 @@ def _coalesce_cpu(h, hl, with_last):
         # Two's-complement difference: exact for any pair of int64 ids.
         keys[i] = np.uint64(h[i]) - np.uint64(lo)
     payload = hl.copy() if with_last else np.empty(0, np.int64)
-    keys, payload = _radix_sort(keys, payload, with_last)
+    keys, payload = radix_sort(keys, payload, with_last)
     u = np.empty(n, np.int64)
     c = np.empty(n, np.int64)
     la = np.zeros(n if with_last else 0, np.int64)

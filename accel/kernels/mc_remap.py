@@ -8,10 +8,18 @@ Source: semantics.md 11.3 "remap". raw[Z - 1] is the sentinel slot: it is never 
 compared when v_j is larger than every other raw id (so an input equal to 2^63 - 1 would match an empty slot:
 callers reject it first, see accel.modules.mc_modules).
 
-Layers: the per-id binary search (one @njit helper, shared with the eviction round's matching), the CPU kernel
-(prange over ids) and the CUDA kernel (one thread per id), the launcher picking the device of the tensors.
-The searches are independent, so the work splits evenly; at Z = 10^6 each search costs about 20 dependent
-loads, the top levels of which stay in cache across ids.
+Layers: the search helpers (shared with the eviction round's matching), the CPU kernels, the CUDA kernel (one
+thread per id, a binary search each), the launcher picking the device of the tensors.
+
+CPU: one binary search per id costs about 20 dependent loads over a 10^6-slot table, the last several of
+them DRAM misses (measured 230 ns an id on the 2-core machine, two threads). A batch of more than
+_SORTED_REMAP_MIN ids is instead sorted (a stable LSD radix sort of the ids' offsets from the batch minimum,
+carrying the positions) and walked in ascending order: each distinct id is found by a galloping search from
+the previous one's slot, so consecutive searches stay in nearby cache lines, and repeated ids (a Zipf batch
+of 65,536 ids holds about 24,000 distinct ones) are searched once; the sorted ids are split into one run per
+thread. The slot found is the same either way. Measured on the 2-core machine against a full 10^6-slot
+table with a Zipf(1.1) batch of 65,536 ids: 3.0 ms on one thread, against 8.5 ms for the per-id search
+and 11 ms for NumPy's searchsorted.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from numba import prange
-
 from accel.kernels import _device
 
 # Bound by _cuda_kernels() on the first CUDA launch (the simulator swaps `cuda` for its fake module).
@@ -54,15 +61,112 @@ def lower_bound(raw, n, v):
 
 _lower_bound_cpu = _device.cpu_helper()(lower_bound)
 
+# Digit width of the radix sort: 2048 bucket counters (16 KiB) stay in L1 while a pass scatters.
+_DIGIT_BITS = 11
+_BUCKETS = 1 << _DIGIT_BITS
+# Below this many ids a batch is searched id by id: sorting it would cost more than it saves.
+_SORTED_REMAP_MIN = 2048
 
-@_device.cpu_jit(parallel=True)
-def _remap_cpu(raw, mapping, values, miss, out):
-    # Ids split evenly over the threads; each id is one binary search over raw[0 : Z - 1].
+
+@_device.cpu_jit()
+def radix_sort(keys, payload, with_payload):
+    """Stable LSD radix sort of uint64 keys (carrying payload when with_payload), 11 bits a pass, as many
+    passes as the largest key needs; returns the sorted (keys, payload). keys is overwritten."""
+    n = keys.shape[0]
+    top = np.uint64(0)
+    for i in range(n):
+        if keys[i] > top:
+            top = keys[i]
+    passes = 0
+    while top > 0:
+        passes += 1
+        top >>= np.uint64(_DIGIT_BITS)
+    src_k, dst_k = keys, np.empty_like(keys)
+    src_p, dst_p = payload, np.empty_like(payload)
+    mask = np.uint64(_BUCKETS - 1)
+    count = np.empty(_BUCKETS, np.int64)
+    for d in range(passes):
+        shift = np.uint64(d * _DIGIT_BITS)
+        count[:] = 0
+        for i in range(n):
+            count[(src_k[i] >> shift) & mask] += 1
+        total = 0
+        for b in range(_BUCKETS):
+            c = count[b]
+            count[b] = total
+            total += c
+        for i in range(n):
+            b = (src_k[i] >> shift) & mask
+            at = count[b]
+            dst_k[at] = src_k[i]
+            if with_payload:
+                dst_p[at] = src_p[i]
+            count[b] = at + 1
+        src_k, dst_k = dst_k, src_k
+        src_p, dst_p = dst_p, src_p
+    return src_k, src_p
+
+
+@_device.cpu_helper()
+def gallop(raw, n, start, v):
+    """searchsorted_left(raw[0:n], v) given that every raw[p] with p < start is below v: steps of 1, 2, 4, ...
+    from start bracket the answer, a binary search inside the bracket finds it."""
+    lo = start
+    hi = start
+    step = 1
+    while hi < n and raw[hi] < v:
+        lo = hi + 1
+        hi = lo + step
+        step <<= 1
+    if hi > n:
+        hi = n
+    length = hi - lo
+    base = lo
+    while length > 0:
+        half = length >> 1
+        base = base + (length - half) if raw[base + half] < v else base
+        length = half
+    return base
+
+
+@_device.cpu_jit()
+def _remap_each_cpu(raw, mapping, values, miss, out):
+    # Small batches: one binary search per id.
     n_search = raw.shape[0] - 1
-    for j in prange(values.shape[0]):
+    for j in range(values.shape[0]):
         v = values[j]
         pos = _lower_bound_cpu(raw, n_search, v)
         out[j] = mapping[pos] if raw[pos] == v else miss
+
+
+@_device.cpu_jit(parallel=True)
+def _remap_sorted_cpu(raw, mapping, values, miss, out, chunks):
+    # Sort the ids (radix, carrying positions), then walk them ascending with galloping searches: one
+    # contiguous run of the sorted ids per thread, each run galloping from its own first search.
+    n = values.shape[0]
+    lo = values[0]
+    for j in range(n):
+        if values[j] < lo:
+            lo = values[j]
+    keys = np.empty(n, np.uint64)
+    where = np.empty(n, np.int64)
+    for j in range(n):
+        # Two's-complement difference: exact for any pair of int64 ids.
+        keys[j] = np.uint64(values[j]) - np.uint64(lo)
+        where[j] = j
+    keys, where = radix_sort(keys, where, True)
+    n_search = raw.shape[0] - 1
+    for c in prange(chunks):
+        q0 = n * c // chunks
+        q1 = n * (c + 1) // chunks
+        pos = 0
+        result = miss
+        for q in range(q0, q1):
+            if q == q0 or keys[q] != keys[q - 1]:
+                v = np.int64(keys[q] + np.uint64(lo))
+                pos = gallop(raw, n_search, pos, v)
+                result = mapping[pos] if raw[pos] == v else miss
+            out[where[q]] = result
 
 
 @_device.cpu_jit()
@@ -149,5 +253,9 @@ def remap_ids(raw: torch.Tensor, mapping: torch.Tensor, values: torch.Tensor, mi
             launch_cuda_remap(*(_device.as_numba_array(t) for t in (raw, mapping, values)), miss,
                               _device.as_numba_array(out), stream)
         return out
-    _remap_cpu(raw.numpy(), mapping.numpy(), values.numpy(), np.int64(miss), out.numpy())
+    args = (raw.numpy(), mapping.numpy(), values.numpy(), np.int64(miss), out.numpy())
+    if values.numel() >= _SORTED_REMAP_MIN:
+        _remap_sorted_cpu(*args, _device.cpu_kernel_chunks(values.numel()))
+    else:
+        _remap_each_cpu(*args)
     return out

@@ -122,18 +122,20 @@ F32_SCORES = [
 def test_cut_orders_like_torch_sort(table, new, dtype):
     st, sn = np.array(table, dtype), np.array(new, dtype)
     want = reference_cut(torch.from_numpy(np.concatenate([st, sn])), st.shape[0])
-    st, bt, kind = ev_k._bits(st)
-    sn, bn, _ = ev_k._bits(sn)
-    got = ev_k._cut_cpu(st, bt, sn, bn, kind)
+    got = ev_k.cut(st, sn)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
 
 
-def test_cut_on_int64_scores_with_extremes():
-    st = np.array([MAX, -(2**63), 0, 3, 3], np.int64)
-    sn = np.array([3, -1, 2**62, -(2**63)], np.int64)
-    want = reference_cut(torch.from_numpy(np.concatenate([st, sn])), 5)
-    got = ev_k._cut_cpu(*ev_k._bits(st)[:2], *ev_k._bits(sn)[:2], ev_k._INT_KEY)
+@pytest.mark.parametrize("st,sn", [
+    ([MAX, -(2**63), 0, 3, 3], [3, -1, 2**62, -(2**63)]),  # negative and huge scores: the radix select
+    ([MAX, 1, 1, 2, 0, 1], [1, 1, 3]),  # small counts: the one-pass cut
+    ([MAX, 70000, 70000, 65536, 65535], [70000, 65535]),  # the cut among counts past the small ones
+])
+def test_cut_on_int64_scores(st, sn):
+    st, sn = np.array(st, np.int64), np.array(sn, np.int64)
+    want = reference_cut(torch.from_numpy(np.concatenate([st, sn])), st.shape[0])
+    got = ev_k.cut(st, sn)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
 

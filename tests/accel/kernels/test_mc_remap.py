@@ -28,7 +28,9 @@ def random_table(rng, Z, filled):
     return raw, rng.permutation(Z).astype(np.int64) + 7
 
 
-@pytest.mark.parametrize("Z,filled,n", [(1, 0, 5), (2, 1, 0), (5, 3, 17), (64, 63, 300), (64, 10, 1)])
+# n >= 2048 takes the sorted, galloping path; smaller batches are searched id by id.
+@pytest.mark.parametrize("Z,filled,n", [(1, 0, 5), (2, 1, 0), (5, 3, 17), (64, 63, 300), (64, 10, 1),
+                                        (64, 63, 5000), (200, 150, 2048), (3, 0, 3000)])
 def test_remap_matches_the_searchsorted_formula(Z, filled, n):
     rng = np.random.default_rng(Z * 100 + n)
     raw, mapping = random_table(rng, Z, filled)
@@ -37,6 +39,17 @@ def test_remap_matches_the_searchsorted_formula(Z, filled, n):
     got = mc_remap.remap_ids(torch.from_numpy(raw), torch.from_numpy(mapping), torch.from_numpy(values), miss)
     assert got.dtype == torch.int64
     np.testing.assert_array_equal(got.numpy(), numpy_remap(raw, mapping, values, miss))
+
+
+def test_sorted_path_over_the_whole_id_range():
+    rng = np.random.default_rng(4)
+    raw = np.sort(rng.integers(-(2**63), 2**63 - 1, 99, dtype=np.int64))
+    raw = np.append(raw, MAX)
+    mapping = np.arange(100, dtype=np.int64)
+    values = np.concatenate([rng.choice(raw[:-1], 2000), rng.integers(-(2**63), 2**63 - 1, 2000, dtype=np.int64),
+                             [-(2**63), MAX - 1]]).astype(np.int64)
+    got = mc_remap.remap_ids(torch.from_numpy(raw), torch.from_numpy(mapping), torch.from_numpy(values), 99)
+    np.testing.assert_array_equal(got.numpy(), numpy_remap(raw, mapping, values, 99))
 
 
 def test_ids_beyond_the_last_managed_slot_compare_with_the_sentinel_slot():
@@ -75,7 +88,7 @@ def test_launcher_checks(args, err, pattern):
 def test_remap_under_boundscheck():
     env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                           "-k", "formula or sentinel or first_outside"],
+                           "-k", "formula or sentinel or first_outside or whole_id_range"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout

@@ -1,0 +1,570 @@
+"""Check anyone's implementation: recspec's records run on a third-party CrossNet, MLP, DeepFM, ...
+
+    import conformance
+    result = conformance.check(module="CrossNet", impl=MyCrossNet)      # a torch nn.Module class
+    result = conformance.check(module="CrossNet", impl=cross_net)       # (params, inputs) -> outputs
+    print(result.report())
+    assert result.ok
+
+The reference is refimpl in float64, on the same named cases, constructions and tolerances that
+`python -m conformance` uses for accel. Each construction's parameters are refimpl's seeded
+initialisation with every constant parameter replaced by seeded noise (a zero bias would hide a
+misplaced bias), handed to the implementation as a state dict under recspec's (TorchRec's) keys.
+What runs, by kind:
+    forward      dtype float64: every `forward` record of the module
+    forward_f32  dtype float32: every `forward_f32` record (the implementation's float32 error is at
+                 most 4 x a correct float32 result's, conformance.checks.check_forward_f32)
+    autograd     dtype float64, torch modules: gradients of the input and every parameter
+    golden       dtype float64: each committed golden file of the module (outputs, and gradients
+                 when the implementation has autograd); the format is docs/golden_format.md
+`impl` is one of
+    a class, or `factory(fn)`   called with the construction's arguments (activations as torch
+                                functions, nested modules as torch modules), then loaded with the state
+    a torch module instance     a copy runs every construction whose state shapes it matches
+    a plain callable            `impl(params, inputs)` -> outputs, NumPy in and out (anything
+                                `np.asarray` takes out); with a `config` parameter it also receives
+                                the constructor as JSON ({"module", "args", "kwargs"})
+and an `Adapter` maps recspec's keys, inputs and outputs onto the implementation's.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from conformance import adapters, checks, conditioning, generators, tolerances
+from conformance.compare import Errors, Worst, ulps
+from conformance.golden import store
+from conformance.records import Act, Build, Record
+from conformance.runner import FAIL, GOLDEN_DIR, PASS, SKIP, Outcome, Row
+
+try:  # the text table lives in conformance.report where that module exists
+    from conformance.report import format_table
+except ImportError:
+    from conformance.runner import format_table  # type: ignore[attr-defined,no-redef]
+
+API_KINDS = ("forward", "forward_f32", "autograd", "golden")
+DEFAULT_KINDS = {"float64": ("forward", "autograd", "golden"), "float32": ("forward_f32",)}
+_CHECKS = {checks.check_forward: "forward", checks.check_forward_f32: "forward_f32",
+           checks.check_autograd: "autograd"}
+
+
+# --- what the user passes --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Adapter:
+    """How recspec's constructions, state and inputs reach an implementation.
+
+    construct  Build -> the implementation's module, replacing the default call of `impl` with the
+               Build's arguments (Build.describe() gives them as JSON)
+    keys       recspec state_dict key -> the implementation's key: a dict (keys it lacks stay as they
+               are) or a function; a key mapped to None is not passed on
+    params     the renamed state (NumPy arrays in the dtype) -> what a plain callable takes (jnp
+               arrays, a pytree, one packed buffer)
+    inputs     recspec's input (an array, or a list of arrays, batch first; torch tensors for a torch
+               module) -> the implementation's input (another layout, another array library)
+    outputs    the implementation's output -> recspec's layout, in the same array library (a torch
+               tensor stays a tensor, so that autograd reaches it)
+    """
+
+    construct: Optional[Callable[[Build], Any]] = None
+    keys: Union[Mapping[str, Optional[str]], Callable[[str], Optional[str]], None] = None
+    params: Callable[[Dict[str, np.ndarray]], Any] = lambda p: p
+    inputs: Callable[[Any], Any] = lambda x: x
+    outputs: Callable[[Any], Any] = lambda y: y
+
+    def key(self, name: str) -> Optional[str]:
+        if self.keys is None:
+            return name
+        if callable(self.keys):
+            return self.keys(name)
+        return self.keys.get(name, name)
+
+    def rename(self, state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        renamed = {self.key(k): v for k, v in state.items()}
+        renamed.pop(None, None)
+        return renamed  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class factory:  # noqa: N801 (used like a decorator: factory(make_crossnet))
+    """Marks a function that builds a module from a construction's arguments (like a class)."""
+
+    fn: Callable[..., Any]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+@dataclass
+class Result:
+    """The rows of one `check` call (conformance.runner.Row, one per property); `ok` when none
+    failed and at least one passed."""
+
+    module: str
+    rows: List[Row] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return any(r.status == PASS for r in self.rows) and not self.failures
+
+    @property
+    def failures(self) -> List[Row]:
+        return [r for r in self.rows if r.status == FAIL]
+
+    def report(self) -> str:
+        return format_table(self.rows)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+# --- one implementation bound to one construction ---------------------------------------------------
+class StateMismatch(ValueError):
+    """The implementation's parameters do not have recspec's keys (after the adapter's renaming)."""
+
+
+def _to_numpy(y: Any) -> np.ndarray:
+    if hasattr(y, "detach"):
+        y = y.detach().cpu()
+    return np.asarray(y)
+
+
+class _Bound:
+    """`impl` built for one construction and holding one state: forward(x) and, for torch modules,
+    gradients(x, G) named as conformance.adapters names them."""
+
+    def __init__(self, call: Callable[[Any], Any], module: Any = None, inverse: Optional[Dict[str, str]] = None,
+                 dtype: Any = np.float64, device: str = "cpu", adapter: Optional[Adapter] = None) -> None:
+        self.call, self.module, self.inverse = call, module, inverse or {}
+        self.dtype, self.device, self.adapter = np.dtype(dtype), device, adapter or Adapter()
+
+    @property
+    def has_gradients(self) -> bool:
+        return self.module is not None
+
+    def forward(self, x: Any) -> np.ndarray:
+        if self.module is None:
+            return _to_numpy(self.call(x))
+        import torch
+
+        with torch.no_grad():
+            return _to_numpy(self.call(adapters.to_torch(x, self.dtype, self.device)))
+
+    def gradients(self, x: Any, grad_output: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        module = self.module
+        module.zero_grad(set_to_none=True)
+        xt = adapters.to_torch(x, self.dtype, self.device, requires_grad=True)
+        y = self.call(xt)
+        y.backward(adapters.to_torch(grad_output, self.dtype, self.device))
+        names = [f"grad input[{i}]" for i in range(len(xt))] if isinstance(x, list) else ["grad input"]
+        grads = {n: adapters._grad_or_zeros(t) for n, t in zip(names, xt if isinstance(x, list) else [xt])}
+        for key, p in module.named_parameters(remove_duplicate=False):
+            grads[f"grad {self.inverse.get(key, key)}"] = adapters._grad_or_zeros(p)
+        return _to_numpy(y), grads
+
+
+def _torch_arguments(build: Build, seed: int) -> Tuple[List[Any], Dict[str, Any]]:
+    """The Build's arguments for a torch class: Act names as torch functions, nested Builds as
+    torch modules (torch.nn.Linear for "Linear"), tuples as lists."""
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, Act):
+            return adapters.activation("accel", value.name)
+        if isinstance(value, Build):
+            return adapters.construct(value, "accel", seed=seed)
+        if isinstance(value, tuple):
+            return [resolve(v) for v in value]
+        return value
+
+    return [resolve(a) for a in build.args], {k: resolve(v) for k, v in build.kwargs}
+
+
+def _is_module(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # without torch nothing is a torch module
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def _builds_modules(impl: Any) -> bool:
+    target = impl.func if isinstance(impl, functools.partial) else impl
+    return inspect.isclass(target) or isinstance(impl, factory)
+
+
+def _check_keys(have: Dict[str, Tuple[int, ...]], want: Dict[str, Tuple[int, ...]]) -> None:
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        raise StateMismatch(f"state keys: the implementation lacks {missing} and has unexpected {extra} "
+                            f"(expected recspec's keys {sorted(want)}; rename them with Adapter(keys=...))")
+
+
+def bind(impl: Any, adapter: Adapter, build: Build, state: Dict[str, np.ndarray], dtype: Any,
+         device: str = "cpu", seed: int = 0) -> Optional[_Bound]:
+    """`impl` built for `build` and holding `state` (float64 NumPy, recspec's keys) in `dtype`;
+    None when `impl` is a module instance of another configuration (its state shapes differ)."""
+    dtype = np.dtype(dtype)
+    renamed = {k: np.asarray(v, dtype=dtype) for k, v in adapter.rename(state).items()}
+    if adapter.construct is not None or _builds_modules(impl) or _is_module(impl):
+        if adapter.construct is not None:
+            module = adapter.construct(build)
+        elif _is_module(impl):
+            module = copy.deepcopy(impl)
+        else:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                args, kwargs = _torch_arguments(build, seed)
+                module = impl(*args, **kwargs)
+        if not _is_module(module):  # a construct hook may return a plain callable
+            return _function(module, adapter, build, renamed, dtype)
+        import torch
+
+        module = module.to(device=device, dtype=adapters.torch_dtype(dtype))
+        have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in renamed.items()}
+        _check_keys(have, want)
+        if have != want:
+            if _is_module(impl) and adapter.construct is None:
+                return None
+            raise StateMismatch(f"state shapes: expected {want}, the implementation has {have}")
+        module.load_state_dict({k: torch.as_tensor(v, device=device) for k, v in renamed.items()})
+        inverse = {adapter.key(k): k for k in state if adapter.key(k) is not None}
+        return _Bound(lambda x: adapter.outputs(module(adapter.inputs(x))), module, inverse, dtype, device, adapter)
+    if not callable(impl):
+        raise TypeError(f"impl: expected a torch nn.Module class or instance, factory(fn) or a callable "
+                        f"(params, inputs) -> outputs, got {type(impl).__name__}")
+    return _function(impl, adapter, build, renamed, dtype)
+
+
+def _function(fn: Callable[..., Any], adapter: Adapter, build: Build, renamed: Dict[str, np.ndarray],
+              dtype: np.dtype) -> _Bound:
+    params = adapter.params(renamed)
+    try:
+        takes_config = "config" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and C callables have no signature
+        takes_config = False
+    extra = {"config": build.describe()} if takes_config else {}
+    return _Bound(lambda x: adapter.outputs(fn(params, adapter.inputs(adapters.cast(x, dtype)), **extra)),
+                  dtype=dtype, adapter=adapter)
+
+
+# --- the checks -------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    impl: Any
+    adapter: Adapter
+    seed: int
+    device: str
+
+    def state(self, build: Build, dtype: Any = np.float64) -> Dict[str, np.ndarray]:
+        """refimpl's seeded parameters, constants replaced by noise, rounded once to `dtype`."""
+        module = adapters.construct(build, "refimpl", seed=self.seed, dtype=np.float64)
+        state = adapters.exercise(module.state_dict(), self.seed)
+        return {k: np.asarray(v).astype(dtype).astype(np.float64) for k, v in state.items()}
+
+    def bind(self, build: Build, state: Dict[str, np.ndarray], dtype: Any) -> Optional[_Bound]:
+        return bind(self.impl, self.adapter, build, state, dtype, self.device, self.seed)
+
+
+def _reference(build: Build, state: Dict[str, np.ndarray], dtype: Any = np.float64) -> Any:
+    module = adapters.construct(build, "refimpl", dtype=dtype)
+    module.load_state_dict(state)
+    return module
+
+
+def _guarded(errors: Errors, label: str, tol: tolerances.Tolerance, fn: Callable[[], Any]) -> Any:
+    """fn(), or None after recording what it raised as a failed comparison."""
+    try:
+        return fn()
+    except Exception as exc:  # the implementation's own error is a finding, not a crash
+        errors.fail(label, "output", f"the implementation raised {type(exc).__name__}: {exc}", tol)
+        return None
+
+
+def _forward(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
+    errors, count, skipped = Errors(), 0, []
+    for build in record.builds:
+        state = run.state(build)
+        bound = run.bind(build, state, np.float64)
+        if bound is None:
+            skipped.append(build.name)
+            continue
+        ref = _reference(build, state)
+        tol = record.tolerance or tolerances.forward64(build.reduction)
+        wobble = conditioning.Spread(build, state, build.reduction * tolerances.EPS64,
+                                     generators.rng_for(run.seed, record.id, build.name, "spread"))
+        for case in generators.cases(record.generator, build, run.seed):
+            count += 1
+            label = f"{build.name}/{case.name}"
+            got = _guarded(errors, label, tol, lambda: bound.forward(case.x))
+            if got is None:
+                continue
+            want = adapters.run_ref(ref, case.x, np.float64)
+            case_tol = tol if tol.unit != "rel" else checks.conditioned(
+                tol, conditioning.spread(want, wobble.outputs(case.x)))
+            errors.add(label, "output", got, want, case_tol)
+    return errors, count, skipped
+
+
+def _forward_f32(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
+    """conformance.checks.check_forward_f32's rule, with the implementation as the package under test."""
+    tol = record.tolerance or tolerances.forward32()
+    errors, count, skipped = Errors(), 0, []
+    for build in record.builds:
+        state = run.state(build, np.float32)
+        bound = run.bind(build, state, np.float32)
+        if bound is None:
+            skipped.append(build.name)
+            continue
+        ref64_module, own_module = _reference(build, state), _reference(build, state, np.float32)
+        wobble = conditioning.Spread(build, state, tolerances.EPS32,
+                                     generators.rng_for(run.seed, record.id, build.name, "spread"))
+        for case in generators.cases(record.generator, build, run.seed):
+            count += 1
+            label = f"{build.name}/{case.name}"
+            x32 = adapters.cast(case.x, np.float32)
+            got = _guarded(errors, label, tol, lambda: bound.forward(x32))
+            if got is None:
+                continue
+            ref64 = adapters.run_ref(ref64_module, x32, np.float64)
+            if got.shape != ref64.shape:
+                errors.fail(label, "output", f"shape {got.shape}, expected {ref64.shape}", tol)
+                continue
+            if ref64.size == 0:
+                errors.add_ratio(0.0, None)
+                continue
+            own = adapters.run_ref(own_module, x32, np.float32)
+            floor = np.full(ref64.shape, tolerances.floor32() * float(np.abs(ref64).max()))
+            allowance = np.maximum.reduce([np.abs(own - ref64), floor]
+                                          + [np.abs(m - ref64) for m in wobble.outputs(x32)])
+            err = np.abs(got.astype(np.float64) - ref64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(err == 0, 0.0, err / allowance)
+            ratio = np.where(np.isnan(ratio), np.inf, ratio)
+            index = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+            worst = Worst(label, "output", tuple(int(i) for i in index), float(got[index]), float(ref64[index]),
+                          float(ulps(got[index], ref64[index])), float(ratio[index]), tol)
+            errors.add_ratio(float(ratio[index]), worst, abs_err=float(err.max()))
+    return errors, count, skipped
+
+
+def _autograd(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
+    errors, count, skipped = Errors(), 0, []
+    for build in record.builds:
+        state = run.state(build)
+        bound = run.bind(build, state, np.float64)
+        if bound is None:
+            skipped.append(build.name)
+            continue
+        ref = _reference(build, state)
+        tol = record.tolerance or tolerances.gradient64(build.reduction)
+        wobble = conditioning.Spread(build, state, build.reduction * tolerances.EPS64,
+                                     generators.rng_for(run.seed, record.id, build.name, "spread"))
+        for case in generators.cases(record.generator, build, run.seed):
+            count += 1
+            label = f"{build.name}/{case.name}"
+            g = generators.cotangent(adapters.run_ref(ref, case.x, np.float64).shape, run.seed, record.id, label)
+            ref_y, ref_grads = adapters.ref_gradients(ref, case.x, g)
+            result = _guarded(errors, label, tol, lambda: bound.gradients(case.x, g))
+            if result is None:
+                continue
+            got_y, got_grads = result
+            moved = wobble.gradients(case.x, g)
+            out_tol = checks.conditioned(tolerances.forward64(build.reduction),
+                                         conditioning.spread(ref_y, [y for y, _ in moved]))
+            errors.add(label, "output", got_y, ref_y, out_tol)
+            scale = checks._gradient_scale(ref_grads)
+            spread = max([conditioning.spread(ref_grads[k], [m[k] for _, m in moved], scale) for k in ref_grads],
+                         default=0.0)
+            checks._compare_gradients(errors, label, got_grads, ref_grads, checks.conditioned(tol, spread))
+    return errors, count, skipped
+
+
+def _golden(name: str, entry: Dict[str, Any], run: _Run, golden_dir: Path) -> Tuple[Errors, int, List[str]]:
+    """The stored output (and gradients, where the implementation has autograd) from the stored
+    input and state."""
+    build = Build.from_description(entry["constructor"], reduction=entry["reduction"], label=name)
+    path = golden_dir / name
+    digest = store.sha256(path)
+    if digest != entry["sha256"]:
+        raise store.GoldenFormatError(f"golden file {path}: sha256 expected {entry['sha256']} (manifest), "
+                                      f"got {digest}")
+    arrays = store.read_npz(path)
+    state = store.prefixed(arrays, "state.")
+    errors = Errors()
+    fwd, grad = tolerances.forward64(build.reduction), tolerances.gradient64(build.reduction)
+    bound = run.bind(build, state, np.float64)
+    if bound is None:
+        return errors, 0, [build.name]
+    x = store.inputs_of(arrays)
+    if bound.has_gradients:
+        result = _guarded(errors, name, fwd, lambda: bound.gradients(x, arrays["grad_output"]))
+        if result is not None:
+            y, grads = result
+            errors.add(name, "output", y, arrays["output"], fwd)
+            expected = store.input_gradients_of(arrays)
+            expected.update({f"grad {k}": v for k, v in store.prefixed(arrays, "grad.").items()})
+            checks._compare_gradients(errors, name, grads, expected, grad)
+    else:
+        y = _guarded(errors, name, fwd, lambda: bound.forward(x))
+        if y is not None:
+            errors.add(name, "output", y, arrays["output"], fwd)
+    return errors, 1, []
+
+
+_KIND_CHECKS = {"forward": _forward, "forward_f32": _forward_f32, "autograd": _autograd}
+
+
+# --- the public entry point -------------------------------------------------------------------------
+def _records(module: str) -> List[Record]:
+    from conformance.properties import RECORDS
+
+    return [r for r in RECORDS if r.module == module and _CHECKS.get(r.check) == r.kind]
+
+
+def _golden_files(module: str, golden_dir: Path) -> Dict[str, Dict[str, Any]]:
+    manifest = store.read_manifest(golden_dir)
+    return {name: e for name, e in manifest["files"].items()
+            if e["module"] == module and e.get("layout", "dense") == "dense"}
+
+
+def modules(golden_dir: Path = GOLDEN_DIR) -> List[str]:
+    """The module names `check` accepts: those whose records take arrays (the dense modules)."""
+    from conformance.properties import modules as registered
+
+    return [m for m in registered() if _records(m) or _golden_files(m, golden_dir)]
+
+
+def _module_name(module: str, golden_dir: Path) -> str:
+    valid = modules(golden_dir)
+    for name in valid:
+        if name.lower() == str(module).lower():
+            return name
+    from conformance.properties import modules as registered
+
+    if module in registered():
+        raise ValueError(f"module: {module!r} takes KeyedJaggedTensors, which check() does not run; expected "
+                         f"one of {valid} (verify it from the golden files instead, docs/golden_format.md)")
+    raise ValueError(f"module: expected one of {valid}, got {module!r}")
+
+
+def _dtype_name(dtype: Any) -> str:
+    """"float32" or "float64" from a NumPy dtype, a name, or a torch dtype (torch.float32)."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype).replace("torch.", "")
+    if name not in DEFAULT_KINDS:
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
+    return name
+
+
+def _impl_name(impl: Any) -> str:
+    target = impl.fn if isinstance(impl, factory) else impl
+    target = target.func if isinstance(target, functools.partial) else target
+    if not inspect.isclass(target) and _is_module(target):
+        target = type(target)
+    return getattr(target, "__qualname__", type(target).__name__)
+
+
+def check(module: str, impl: Any, adapter: Optional[Adapter] = None, properties: Optional[Iterable[str]] = None,
+          dtype: Any = np.float64, *, seed: int = 0, device: str = "cpu", golden_dir: Optional[Path] = None
+          ) -> Result:
+    """Run `module`'s records on `impl` (see the module docstring) and return one row per property.
+
+    properties: kinds ("forward", "forward_f32", "autograd", "golden") or property names
+    ("forward_leading_dims", "golden[CrossNet]"); default every kind that runs in `dtype`.
+    """
+    golden_dir = Path(golden_dir) if golden_dir is not None else GOLDEN_DIR
+    name = _module_name(module, golden_dir)
+    dtype_name = _dtype_name(dtype)
+    adapter = adapter or Adapter()
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"adapter: expected a conformance.Adapter, got {type(adapter).__name__}")
+    records = _records(name)
+    golden = _golden_files(name, golden_dir)
+    available = [r.property for r in records] + [f"golden[{Path(f).stem}]" for f in golden]
+    wanted = list(DEFAULT_KINDS[dtype_name]) if properties is None else list(properties)
+    if isinstance(properties, str):
+        raise TypeError(f"properties: expected a list of names, got the string {properties!r}")
+    unknown = [p for p in wanted if p not in API_KINDS and p not in available]
+    if unknown:
+        raise ValueError(f"properties: expected kinds from {list(API_KINDS)} or properties of {name} "
+                         f"{available}, got {unknown}")
+    run = _Run(impl, adapter, seed, device)
+    label = _impl_name(impl)
+    result = Result(name)
+    for record in records:
+        if record.kind in wanted or record.property in wanted:
+            result.rows.append(_record_row(record, run, dtype_name, label))
+    for file, entry in golden.items():
+        prop = f"golden[{Path(file).stem}]"
+        if "golden" in wanted or prop in wanted:
+            result.rows.append(_golden_row(name, prop, file, entry, run, dtype_name, label, golden_dir))
+    return result
+
+
+def _repro(module: str, prop: str, label: str, dtype_name: str) -> str:
+    return f"conformance.check(module={module!r}, impl={label}, properties=[{prop!r}], dtype='{dtype_name}')"
+
+
+def _row(module: str, prop: str, kind: str, run: _Run, label: str, dtype_name: str) -> Row:
+    row = Row(module, prop, kind, run.device, label, 0, math.nan, math.nan, "", math.nan, SKIP,
+              repro=_repro(module, prop, label, dtype_name))
+    if hasattr(row, "id"):
+        row.id = f"{module}/{prop}"
+    return row
+
+
+def _fill(row: Row, outcome: Callable[[], Tuple[Errors, int, List[str]]], tol: tolerances.Tolerance) -> Row:
+    try:
+        errors, count, skipped = outcome()
+    except Exception as exc:  # a mismatched state, a broken golden file: a failure that explains itself
+        row.status, row.detail = FAIL, f"{type(exc).__name__}: {exc}"
+        return row
+    if count == 0:
+        row.detail = (f"the implementation fits none of the constructions {skipped} (a module instance "
+                      f"runs only those whose state shapes it matches)")
+        return row
+    out = Outcome.from_errors(errors, count, tol)
+    row.status, row.cases, row.detail = out.status, out.cases, out.detail
+    row.max_abs, row.max_err, row.unit, row.tolerance = errors.max_abs, errors.max_err, out.unit, out.tolerance
+    if errors.worst is not None and hasattr(errors.worst, "as_dict") and hasattr(row, "worst"):
+        row.worst = errors.worst.as_dict()
+    if skipped:
+        row.detail = f"{row.detail} (constructions the instance does not fit: {skipped})".strip()
+    return row
+
+
+def _record_row(record: Record, run: _Run, dtype_name: str, label: str) -> Row:
+    row = _row(record.module, record.property, record.kind, run, label, dtype_name)
+    if dtype_name not in record.dtypes:
+        row.detail = f"{record.kind} records run in {list(record.dtypes)}, this check in {dtype_name}"
+        return row
+    if record.kind == "autograd" and not (_is_module(run.impl) or _builds_modules(run.impl)
+                                          or run.adapter.construct is not None):
+        row.detail = "a plain callable has no autograd: gradients are checked on torch modules"
+        return row
+    tol = record.tolerance or (tolerances.forward32() if record.kind == "forward_f32" else tolerances.forward64(1))
+    return _fill(row, lambda: _KIND_CHECKS[record.kind](record, run), tol)
+
+
+def _golden_row(module: str, prop: str, file: str, entry: Dict[str, Any], run: _Run, dtype_name: str,
+                label: str, golden_dir: Path) -> Row:
+    row = _row(module, prop, "golden", run, label, dtype_name)
+    if dtype_name != "float64":
+        row.detail = "golden vectors are float64: check them with dtype=float64"
+        return row
+    return _fill(row, lambda: _golden(file, entry, run, golden_dir), tolerances.forward64(entry["reduction"]))
+
+
+__all__: Sequence[str] = ("Adapter", "Result", "check", "factory", "modules", "StateMismatch")

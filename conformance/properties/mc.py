@@ -191,6 +191,10 @@ _GOOD = ms.kjt(["f1", "f2", "f3"], [[[1, 2]], [[3]], [[4]]])
 RECORDS += [
     record("ManagedCollisionCollection", "forward", "forward", "named streams (mc_streams.COLLECTIONS)",
            mk.check_streams, MCC_SPEC, ms.COLLECTIONS),
+    record("ManagedCollisionCollection", "forward[random streams]", "forward",
+           "random streams (mc_streams.streams(collection=True))", mk.check_random_streams,
+           MCC_SPEC + "; keys in any order with an unread key (recspec maps by key, D35), weights, empty bags",
+           (RANDOM_STREAMS, ("collection", True))),
     record("ManagedCollisionCollection", "forward[by key and name]", "forward", "named streams (KEY_ORDER, "
            "MODULE_ORDER)", mk.check_deviation_streams, "issue 4 item 4 / ledger D35, D36: features are mapped by "
            "key on every call and modules paired with tables by name",

@@ -152,10 +152,11 @@ def for_random_streams(n: int, ctx: Context, label: str, problem_of: Callable[[S
 
 def check_random_streams(record: Record, ctx: Context) -> Outcome:
     """refimpl and the package under test agree exactly on random streams (record.data[0] of
-    them; against TorchRec only streams whose batches fit its history window)."""
-    n = record.data[0]
+    them, with compose options record.data[1:]; against TorchRec only streams that avoid
+    recspec's deliberate deviations)."""
+    n, options = record.data[0], dict(record.data[1:])
     count, problem = for_random_streams(n, ctx, record.id, lambda s: agreement_problem(s, ctx),
-                                        torchrec_safe=ctx.against == "torchrec")
+                                        torchrec_safe=ctx.against == "torchrec", **options)
     return _outcome([problem] if problem else [], count)
 
 

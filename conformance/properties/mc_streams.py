@@ -233,10 +233,55 @@ def _batch(pick: Pick, integer: Integer, lo: int, hi: int, cap: int, exact: bool
     return Step("forward", tuple(features))
 
 
-def random_stream(rng: np.random.Generator, **kwargs: Any) -> Stream:
-    """compose() driven by a NumPy Generator."""
-    return compose(lambda options: options[int(rng.integers(len(options)))],
-                   lambda a, b: int(rng.integers(a, b + 1)), **kwargs)
+COLLECTION_LAYOUTS = (
+    ((("t1", ("f1",)),), ("f1",)),
+    ((("t1", ("f1", "f2")), ("t2", ("f3",))), ("f1", "f2", "f3")),
+    ((("t1", ("f1",)), ("t2", ("f2", "f3"))), ("f1", "f2", "f3")),
+)
+
+
+def compose_collection(pick: Pick, integer: Integer, *, torchrec_safe: bool = False, max_steps: int = 8) -> Stream:
+    """A random ManagedCollisionCollection stream: one or two tables (Z 2..6) over one to three
+    features, one policy and interval, batches of B 1..3 samples with bags of 0..3 ids (weights
+    on some), evict(), train() and eval(). Without torchrec_safe the keys come in any order, with
+    an unread key now and then; with it, one key order throughout, B fixed and a first batch of
+    full bags, so that TorchRec's cached order and fixed windows hold (ledger D35, D37)."""
+    layout, features = pick(COLLECTION_LAYOUTS)
+    tables = tuple(Table(name, integer(2, 6), feats) for name, feats in layout)
+    spec = Tables(tables, replace(pick(POLICIES), filter=pick(FILTERS)), interval=integer(1, 4))
+    lo, hi = -2, integer(2, 10)
+    B = integer(1, 3)
+    # TorchRec's dynamic filter divides by the number of ids in the window (ledger D42)
+    least = 1 if torchrec_safe and spec.policy.filter is not None and spec.policy.filter.kind == "dynamic" else 0
+    order = list(features)
+    steps: List[Step] = []
+    for i in range(integer(2, max_steps)):
+        op = "forward" if i == 0 else pick(("forward", "forward", "forward", "evict", "train", "eval"))
+        if op != "forward":
+            steps.append({"evict": EVICT, "train": TRAIN, "eval": EVAL}[op])
+            continue
+        if not torchrec_safe:
+            B = integer(1, 3)
+            order = [order[j] for j in _permutation(pick, len(order))]
+        keys = order + (["x"] if not torchrec_safe and integer(0, 3) == 0 else [])
+        bags = [[[integer(lo, hi) for _ in range(3 if torchrec_safe and i == 0 else integer(least, 3))]
+                 for _ in range(B)] for _ in keys]
+        steps.append(kjt(keys, bags, weights=integer(0, 1) == 1))
+    return Stream("random collection", spec, tuple(steps))
+
+
+def _permutation(pick: Pick, n: int) -> List[int]:
+    rest, out = list(range(n)), []
+    while rest:
+        out.append(rest.pop(pick(range(len(rest)))))
+    return out
+
+
+def random_stream(rng: np.random.Generator, collection: bool = False, **kwargs: Any) -> Stream:
+    """compose() (or compose_collection()) driven by a NumPy Generator."""
+    make = compose_collection if collection else compose
+    return make(lambda options: options[int(rng.integers(len(options)))],
+                lambda a, b: int(rng.integers(a, b + 1)), **kwargs)
 
 
 try:
@@ -247,8 +292,9 @@ except ImportError:  # pragma: no cover - Hypothesis is a test dependency
 if st is not None:
 
     @st.composite
-    def streams(draw: Any, **kwargs: Any) -> Stream:
-        """compose() as a Hypothesis strategy (shrinks to fewer steps, smaller ids and Z)."""
-        return compose(lambda options: draw(st.sampled_from(options)),
-                       lambda a, b: draw(st.integers(a, b)), **kwargs)
+    def streams(draw: Any, collection: bool = False, **kwargs: Any) -> Stream:
+        """compose() (or compose_collection()) as a Hypothesis strategy (shrinks to fewer steps,
+        smaller ids and tables)."""
+        make = compose_collection if collection else compose
+        return make(lambda options: draw(st.sampled_from(options)), lambda a, b: draw(st.integers(a, b)), **kwargs)
 

@@ -155,6 +155,20 @@ def test_torchrec_safe_streams_fit_torchrec_window(stream):
     assert ms.torchrec_fits(stream.steps, stream.module.interval)
 
 
+@given(stream=ms.streams(collection=True, torchrec_safe=True))
+def test_torchrec_safe_collection_streams_keep_one_key_order_and_fit(stream):
+    orders = {step.batch.keys for step in stream.steps if step.batch is not None}
+    assert len(orders) == 1 and "x" not in next(iter(orders))
+    assert mk.fits_torchrec(stream)
+
+
+def test_random_collection_streams_vary_the_key_order():
+    rng = np.random.default_rng(1)
+    orders = {step.batch.keys for _ in range(30) for step in ms.random_stream(rng, collection=True).steps
+              if step.batch is not None}
+    assert len(orders) > 3 and any("x" in keys for keys in orders)
+
+
 def test_a_failing_property_reports_a_shrunk_stream(ctx):
     def problem(stream):
         return "too many ids" if any(len(s.ids()) > 2 for s in stream.steps) else ""

@@ -207,9 +207,9 @@ def _check_keys(have: Dict[str, Tuple[int, ...]], want: Dict[str, Tuple[int, ...
 
 
 def bind(impl: Any, adapter: Adapter, build: Build, state: Dict[str, np.ndarray], dtype: Any,
-         device: str = "cpu", seed: int = 0) -> Optional[_Bound]:
+         device: str = "cpu", seed: int = 0) -> _Bound:
     """`impl` built for `build` and holding `state` (float64 NumPy, recspec's keys) in `dtype`;
-    None when `impl` is a module instance of another configuration (its state shapes differ)."""
+    StateMismatch when the implementation's state keys or shapes differ from recspec's."""
     dtype = np.dtype(dtype)
     renamed = {k: np.asarray(v, dtype=dtype) for k, v in adapter.rename(state).items()}
     if adapter.construct is not None or _builds_modules(impl) or _is_module(impl):
@@ -233,9 +233,8 @@ def bind(impl: Any, adapter: Adapter, build: Build, state: Dict[str, np.ndarray]
         want = {k: tuple(v.shape) for k, v in renamed.items()}
         _check_keys(have, want)
         if have != want:
-            if _is_module(impl) and adapter.construct is None:
-                return None
-            raise StateMismatch(f"state shapes: expected {want}, the implementation has {have}")
+            wrong = {k: (want[k], have[k]) for k in want if want[k] != have[k]}
+            raise StateMismatch(f"state shapes (expected, the implementation's): {wrong}")
         module.load_state_dict({k: torch.as_tensor(v, device=device) for k, v in renamed.items()})
         inverse = {adapter.key(k): k for k in state if adapter.key(k) is not None}
         return _Bound(lambda x: adapter.outputs(module(adapter.inputs(x))), module, inverse, dtype, device, adapter)
@@ -271,8 +270,20 @@ class _Run:
         state = adapters.exercise(module.state_dict(), self.seed)
         return {k: np.asarray(v).astype(dtype).astype(np.float64) for k, v in state.items()}
 
-    def bind(self, build: Build, state: Dict[str, np.ndarray], dtype: Any) -> Optional[_Bound]:
-        return bind(self.impl, self.adapter, build, state, dtype, self.device, self.seed)
+    @property
+    def instance(self) -> bool:
+        return _is_module(self.impl) and self.adapter.construct is None
+
+    def bind(self, build: Build, state: Dict[str, np.ndarray], dtype: Any, skipped: List[str]) -> Optional[_Bound]:
+        """The bound implementation; None (noted in `skipped`) for a module instance of another
+        configuration, which runs only the constructions it fits."""
+        try:
+            return bind(self.impl, self.adapter, build, state, dtype, self.device, self.seed)
+        except StateMismatch as exc:
+            if not self.instance:
+                raise
+            skipped.append(f"{build.name}: {exc}")
+            return None
 
 
 def _reference(build: Build, state: Dict[str, np.ndarray], dtype: Any = np.float64) -> Any:
@@ -294,9 +305,8 @@ def _forward(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
     errors, count, skipped = Errors(), 0, []
     for build in record.builds:
         state = run.state(build)
-        bound = run.bind(build, state, np.float64)
+        bound = run.bind(build, state, np.float64, skipped)
         if bound is None:
-            skipped.append(build.name)
             continue
         ref = _reference(build, state)
         tol = record.tolerance or tolerances.forward64(build.reduction)
@@ -321,9 +331,8 @@ def _forward_f32(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
     errors, count, skipped = Errors(), 0, []
     for build in record.builds:
         state = run.state(build, np.float32)
-        bound = run.bind(build, state, np.float32)
+        bound = run.bind(build, state, np.float32, skipped)
         if bound is None:
-            skipped.append(build.name)
             continue
         ref64_module, own_module = _reference(build, state), _reference(build, state, np.float32)
         wobble = conditioning.Spread(build, state, tolerances.EPS32,
@@ -361,9 +370,8 @@ def _autograd(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
     errors, count, skipped = Errors(), 0, []
     for build in record.builds:
         state = run.state(build)
-        bound = run.bind(build, state, np.float64)
+        bound = run.bind(build, state, np.float64, skipped)
         if bound is None:
-            skipped.append(build.name)
             continue
         ref = _reference(build, state)
         tol = record.tolerance or tolerances.gradient64(build.reduction)
@@ -402,9 +410,10 @@ def _golden(name: str, entry: Dict[str, Any], run: _Run, golden_dir: Path) -> Tu
     state = store.prefixed(arrays, "state.")
     errors = Errors()
     fwd, grad = tolerances.forward64(build.reduction), tolerances.gradient64(build.reduction)
-    bound = run.bind(build, state, np.float64)
+    skipped: List[str] = []
+    bound = run.bind(build, state, np.float64, skipped)
     if bound is None:
-        return errors, 0, [build.name]
+        return errors, 0, skipped
     x = store.inputs_of(arrays)
     if bound.has_gradients:
         result = _guarded(errors, name, fwd, lambda: bound.gradients(x, arrays["grad_output"]))
@@ -473,7 +482,7 @@ def _impl_name(impl: Any) -> str:
     target = target.func if isinstance(target, functools.partial) else target
     if not inspect.isclass(target) and _is_module(target):
         target = type(target)
-    return getattr(target, "__qualname__", type(target).__name__)
+    return getattr(target, "__name__", type(target).__name__)
 
 
 def check(module: str, impl: Any, adapter: Optional[Adapter] = None, properties: Optional[Iterable[str]] = None,
@@ -500,6 +509,9 @@ def check(module: str, impl: Any, adapter: Optional[Adapter] = None, properties:
     if unknown:
         raise ValueError(f"properties: expected kinds from {list(API_KINDS)} or properties of {name} "
                          f"{available}, got {unknown}")
+    if not (callable(impl) or _is_module(impl)):
+        raise TypeError(f"impl: expected a torch nn.Module class or instance, factory(fn) or a callable "
+                        f"(params, inputs) -> outputs, got {type(impl).__name__}")
     run = _Run(impl, adapter, seed, device)
     label = _impl_name(impl)
     result = Result(name)
@@ -532,8 +544,8 @@ def _fill(row: Row, outcome: Callable[[], Tuple[Errors, int, List[str]]], tol: t
         row.status, row.detail = FAIL, f"{type(exc).__name__}: {exc}"
         return row
     if count == 0:
-        row.detail = (f"the implementation fits none of the constructions {skipped} (a module instance "
-                      f"runs only those whose state shapes it matches)")
+        row.detail = (f"the module instance fits none of the constructions (it runs those whose state keys "
+                      f"and shapes it matches): {'; '.join(skipped)}")
         return row
     out = Outcome.from_errors(errors, count, tol)
     row.status, row.cases, row.detail = out.status, out.cases, out.detail
@@ -541,7 +553,8 @@ def _fill(row: Row, outcome: Callable[[], Tuple[Errors, int, List[str]]], tol: t
     if errors.worst is not None and hasattr(errors.worst, "as_dict") and hasattr(row, "worst"):
         row.worst = errors.worst.as_dict()
     if skipped:
-        row.detail = f"{row.detail} (constructions the instance does not fit: {skipped})".strip()
+        names = [k.split(":")[0] for k in skipped]
+        row.detail = f"{row.detail} (constructions the instance does not fit: {names})".strip()
     return row
 
 

@@ -84,6 +84,22 @@ def test_maths_is_handed_to_mathjax(site, page):
 
 
 @pytest.mark.parametrize("page", FORMULA_PAGES)
+def test_maths_is_well_formed_for_mathjax(site, page):
+    out, _ = site
+    html = (out / page / "index.html").read_text(encoding="utf-8")
+    formulas = re.findall(r'class="arithmatex">(.*?)</(?:span|div)>', html, re.DOTALL)
+    assert formulas
+    for tex in formulas:
+        depth = 0
+        for ch in re.sub(r"\\[{}]", "", tex):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            assert depth >= 0, tex
+        assert depth == 0, tex
+        # MathJax sets \text{...} verbatim (no textmacros package): a macro inside would show as typed.
+        assert not re.search(r"\\text\{[^}]*\\", tex), tex
+
+
+@pytest.mark.parametrize("page", FORMULA_PAGES)
 def test_formula_pages_show_refimpl_source(site, page):
     out, _ = site
     html = (out / page / "index.html").read_text(encoding="utf-8")

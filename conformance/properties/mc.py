@@ -229,6 +229,9 @@ _EBC = Tables((Table("t", 5, ("f",), dim=2),))
 RECORDS += [
     record("ManagedCollisionEmbeddingBagCollection", "forward", "forward", "named streams (mc_streams.WRAPPED)",
            mk.check_streams, WRAP_SPEC, ms.WRAPPED[:1]),
+    record("ManagedCollisionEmbeddingBagCollection", "forward[random streams]", "forward",
+           "random streams (mc_streams.streams(collection=True, wrapper=...))", mk.check_random_streams, WRAP_SPEC,
+           (RANDOM_STREAMS // 2, ("collection", True), ("wrapper", "EmbeddingBagConfig"))),
     record("ManagedCollisionEmbeddingBagCollection", "forward[keys by name]", "forward", "named streams (KEY_ORDER)",
            mk.check_deviation_streams, "issue 4 item 4 / ledger D35: keys in another order on a later call",
            ms.KEY_ORDER[1:]),
@@ -250,6 +253,10 @@ RECORDS += [
                 "sem. 12 / 16.1: the wrappers require the same config objects (configs compare by init_fn identity)"),
     record("ManagedCollisionEmbeddingCollection", "forward", "forward", "named streams (mc_streams.WRAPPED)",
            mk.check_streams, WRAP_SPEC + "; emb is a dict of JaggedTensors", ms.WRAPPED[1:]),
+    record("ManagedCollisionEmbeddingCollection", "forward[random streams]", "forward",
+           "random streams (mc_streams.streams(collection=True, wrapper=...))", mk.check_random_streams,
+           WRAP_SPEC + "; emb is a dict of JaggedTensors",
+           (RANDOM_STREAMS // 2, ("collection", True), ("wrapper", "EmbeddingConfig"))),
 ]
 
 # --- the base class and the helper -----------------------------------------------------------------------

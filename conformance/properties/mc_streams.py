@@ -240,15 +240,20 @@ COLLECTION_LAYOUTS = (
 )
 
 
-def compose_collection(pick: Pick, integer: Integer, *, torchrec_safe: bool = False, max_steps: int = 8) -> Stream:
+def compose_collection(pick: Pick, integer: Integer, *, torchrec_safe: bool = False, max_steps: int = 8,
+                       wrapper: str = "") -> Stream:
     """A random ManagedCollisionCollection stream: one or two tables (Z 2..6) over one to three
     features, one policy and interval, batches of B 1..3 samples with bags of 0..3 ids (weights
     on some), evict(), train() and eval(). Without torchrec_safe the keys come in any order, with
     an unread key now and then; with it, one key order throughout, B fixed and a first batch of
-    full bags, so that TorchRec's cached order and fixed windows hold (ledger D35, D37)."""
+    full bags, so that TorchRec's cached order and fixed windows hold (ledger D35, D37).
+    wrapper "EmbeddingBagConfig" / "EmbeddingConfig": the same stream through an MC embedding
+    collection over tables of dimension 2 (bags) or 3."""
     layout, features = pick(COLLECTION_LAYOUTS)
-    tables = tuple(Table(name, integer(2, 6), feats) for name, feats in layout)
-    spec = Tables(tables, replace(pick(POLICIES), filter=pick(FILTERS)), interval=integer(1, 4))
+    dim = 3 if wrapper == "EmbeddingConfig" else 2
+    tables = tuple(Table(name, integer(2, 6), feats, dim) for name, feats in layout)
+    spec = Tables(tables, replace(pick(POLICIES), filter=pick(FILTERS)), interval=integer(1, 4),
+                  kind=wrapper or "EmbeddingBagConfig")
     lo, hi = -2, integer(2, 10)
     B = integer(1, 3)
     # TorchRec's dynamic filter divides by the number of ids in the window (ledger D42)
@@ -256,7 +261,9 @@ def compose_collection(pick: Pick, integer: Integer, *, torchrec_safe: bool = Fa
     order = list(features)
     steps: List[Step] = []
     for i in range(integer(2, max_steps)):
-        op = "forward" if i == 0 else pick(("forward", "forward", "forward", "evict", "train", "eval"))
+        # the MC embedding collections consume evictions in their forward: they have no evict()
+        ops = ("forward", "forward", "forward", "train", "eval") + (() if wrapper else ("evict",))
+        op = "forward" if i == 0 else pick(ops)
         if op != "forward":
             steps.append({"evict": EVICT, "train": TRAIN, "eval": EVAL}[op])
             continue
@@ -267,7 +274,7 @@ def compose_collection(pick: Pick, integer: Integer, *, torchrec_safe: bool = Fa
         bags = [[[integer(lo, hi) for _ in range(3 if torchrec_safe and i == 0 else integer(least, 3))]
                  for _ in range(B)] for _ in keys]
         steps.append(kjt(keys, bags, weights=integer(0, 1) == 1))
-    return Stream("random collection", spec, tuple(steps))
+    return Stream("random collection", Wrapped(spec) if wrapper else spec, tuple(steps))
 
 
 def _permutation(pick: Pick, n: int) -> List[int]:

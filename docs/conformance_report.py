@@ -68,7 +68,9 @@ def render(runs: Sequence[Dict[str, object]], revision: Optional[str] = None) ->
         out += [f"recspec revision `{revision}`.", ""]
     out += ["| run | written | rows |", "|---|---|---|"]
     out += [f"| `{run['name']}` | {run['date']} | {len(run['rows'])} |" for run in runs]
-    out += ["", "**" + ", ".join(f"{counts[s]} {s}" for s in statuses) + f"** of {len(rows)} properties.", ""]
+    seconds = sum(float(r.get("seconds") or 0.0) for r in rows)
+    timing = f" in {seconds:.0f} s" if seconds else ""
+    out += ["", "**" + ", ".join(f"{counts[s]} {s}" for s in statuses) + f"** of {len(rows)} properties{timing}.", ""]
 
     out += ["## By module", "", "| module | devices | " + " | ".join(statuses) + " |",
             "|---|---|" + "---|" * len(statuses)]
@@ -85,8 +87,12 @@ def render(runs: Sequence[Dict[str, object]], revision: Optional[str] = None) ->
     if not failures:
         out.append("None.")
     for r in failures:
-        out += [f"- **{_cell(r['module'])} / {_cell(r['property'])}** ({_cell(r['device'])}): {_cell(r.get('detail'))}",
-                f"  Repro: `{r.get('repro') or '-'}`"]
+        out.append(f"- **{_cell(r['module'])} / {_cell(r['property'])}** ({_cell(r['device'])}): {_cell(r.get('detail'))}")
+        worst = r.get("worst")
+        if isinstance(worst, dict):
+            shown = [f"{key} {_cell(value)}" for key, value in worst.items() if value not in (None, "")]
+            out.append("  Worst element: " + "; ".join(shown) + ".")
+        out.append(f"  Repro: `{r.get('repro') or '-'}`")
 
     out += ["", "## Every property", "",
             "| module | property | kind | device | against | cases | max abs err | max err | tolerance | status |",

@@ -61,6 +61,15 @@ def test_render_rows_show_errors_with_their_unit_and_dashes_for_none():
     assert "| MLP | D10\\_unknown\\_activation | forward | cpu | accel | 3 | - | - | - | SKIP |" in page
 
 
+def test_render_shows_the_worst_element_and_the_run_time_when_the_rows_have_them():
+    worst = {"case": "tiny/0", "array": "out", "index": [2, 1], "got": 1.0, "ref": 1.5, "ulps": 4.0,
+             "ref32": None, "note": ""}
+    rows = [_row("MLP", "forward", "FAIL", worst=worst, seconds=1.25), _row("MLP", "golden", "PASS", seconds=2.0)]
+    page = report.render([{"name": "r.json", "date": "d", "rows": rows}])
+    assert "  Worst element: case tiny/0; array out; index \\[2, 1\\]; got 1; ref 1.5; ulps 4.\n" in page
+    assert "**1 PASS, 1 FAIL** of 2 properties in 3 s." in page
+
+
 def test_render_without_failures_says_none():
     page = report.render([{"name": "r.json", "date": "d", "rows": ROWS[:1]}])
     assert "## Failures\n\nNone.\n" in page

@@ -2,15 +2,18 @@
 
 A stream is one construction and a sequence of steps (forward, evict, train, eval; see mc_io).
 The named streams each exercise one rule of sem. 11.3 (a policy, an interval, offsets, hashing,
-negative ids, empty bags and batches, eval switches, pending evictions left unconsumed, filters).
-`compose` draws a random stream from two primitives, `pick(options)` and `integer(lo, hi)`, so
-that one definition serves both Hypothesis (`streams()`, which shrinks a failure to a short
-stream) and seeded NumPy (`random_stream(rng)`, where Hypothesis is not installed).
+negative ids, empty bags and batches, eval switches, pending evictions left unconsumed, filters);
+COLLECTIONS and WRAPPED do the same for the collection and the MC embedding collections, and
+GROWING_WINDOW, KEY_ORDER, MODULE_ORDER hold the streams where recspec deviates from TorchRec.
+`compose` (an MCH) and `compose_collection` (a collection, or an MC embedding collection) draw a
+random stream from two primitives, `pick(options)` and `integer(lo, hi)`, so that one definition
+serves both Hypothesis (`streams()`, which shrinks a failure to a short stream) and seeded NumPy
+(`random_stream(rng)`, where Hypothesis is not installed).
 
 TorchRec sizes its history window from the first training batch (H = int(1.25 n I)) and drops
 ids beyond it (ledger D37); recspec grows the window. `torchrec_fits` says whether a stream stays
-inside TorchRec's window, so that it can run against TorchRec; `compose(torchrec_safe=True)` only
-draws such streams (no batch larger than the first one).
+inside TorchRec's window, so that it can run against TorchRec; `torchrec_safe=True` only draws
+such streams (no batch larger than the first one; one key order for a collection).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Managed collision on CPU: accel's MCHManagedCollisionModule against TorchRec's, in one process.
 
 `python -m benchmarks.mc_micro [--config issue|tiny] [--only train,eval] [--policies LFU,LRU,DistanceLFU]
-[--intervals 1,100] [--quick]`
+[--intervals 1,100] [--quick]`; `python -m benchmarks.mc_micro --soak 10000000 [--intervals 1]` runs accel alone
+over 10^7 ids per policy and checks the table invariants at the end.
 
 Config "issue" (issue 4): zch_size 1,000,000, batches of 65,536 ids drawn from a Zipf(1.1) law over 10^9 ids
 (rank r ~ Zipf(1.1) truncated to 10^9, scattered over the id space by the bijection r * 2654435761 mod 10^9),
@@ -98,10 +99,10 @@ class Stream:
             self.step()
 
 
-def modules(cfg: Config, policy: str, interval: int) -> Dict[str, Stream]:
-    """Fresh accel (and TorchRec, when installed) modules of the case, not yet fed."""
+def modules(cfg: Config, policy: str, interval: int, anchors: bool = True) -> Dict[str, Stream]:
+    """Fresh accel (and TorchRec, when installed and `anchors`) modules of the case, not yet fed."""
     made = {"accel": (amc, JaggedTensor)}
-    anchor = _torchrec()
+    anchor = _torchrec() if anchors else None
     if anchor is not None:
         made["torchrec"] = anchor
     out = {}
@@ -171,6 +172,49 @@ def eval_case(cfg: Config, plan: TimingPlan, seed: int = 0) -> List[str]:
     return lines
 
 
+def invariants(m: torch.nn.Module) -> List[str]:
+    """The MCH table invariants of issue 4 that fail (empty when all hold): raw ids sorted, no real id twice,
+    at most Z - 1 ids managed with the sentinel slot last, output ids a permutation of [off, off + Z) with the
+    miss id off + Z - 1 kept by the sentinel."""
+    raw = m._mch_sorted_raw_ids.cpu().numpy()
+    mapping = m._mch_remapped_ids_mapping.cpu().numpy()
+    Z, off, empty = raw.shape[0], m._output_global_offset, np.iinfo(np.int64).max
+    real = raw[raw != empty]
+    failed = []
+    if np.any(np.diff(raw) < 0):
+        failed.append("raw ids not sorted")
+    if np.unique(real).shape[0] != real.shape[0]:
+        failed.append("a real id held twice")
+    if real.shape[0] > Z - 1 or raw[-1] != empty:
+        failed.append("more than Z - 1 ids managed")
+    if not np.array_equal(np.sort(mapping), np.arange(off, off + Z)):
+        failed.append("output ids not a permutation of [off, off + Z)")
+    if mapping[-1] != off + Z - 1:
+        failed.append("the miss id left the sentinel slot")
+    return failed
+
+
+def soak(cfg: Config, total_ids: int, interval: int, seed: int = 0) -> List[str]:
+    """accel alone over `total_ids` ids (training steps of cfg.batch ids, every policy), every output id
+    checked to lie in [off, off + Z) and the invariants checked at the end; one line per policy with its time."""
+    steps = -(-total_ids // cfg.batch)
+    batches = make_batches(cfg, min(steps, 64), seed)
+    lines = [f"{cfg.name} soak: {steps * cfg.batch} ids a policy, interval {interval}"]
+    for policy in POLICIES:
+        m, jagged = modules(cfg, policy, interval, anchors=False)["accel"]
+        stream = Stream(m, jagged, batches)
+        outside = 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = stream.step()
+            outside += int(((out < 0) | (out >= cfg.zch_size)).sum())
+        elapsed = time.perf_counter() - start
+        failed = invariants(m) + ([f"{outside} output ids outside [0, Z)"] if outside else [])
+        lines.append(f"  {policy:12s} {elapsed:8.1f} s, open slots {int(m.open_slots())}, invariants: "
+                     + ("all hold" if not failed else "FAILED: " + "; ".join(failed)))
+    return lines
+
+
 def _plan(quick: bool, interval: int) -> TimingPlan:
     if quick:
         return QUICK
@@ -187,12 +231,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--intervals", default="1,100")
     parser.add_argument("--quick", action="store_true", help="1 warm-up call and 3 timed calls")
+    parser.add_argument("--soak", type=int, default=0, metavar="IDS",
+                        help="instead of timing: run accel over this many ids per policy and check the invariants")
     parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
                         help="before each case, wait up to this long for other programs to idle")
     args = parser.parse_args(argv)
     cfg = CONFIGS[args.config]
     print(f"cpu: {machine.cpu_model()}, torch threads {torch.get_num_threads()}, "
           f"revision {machine.source_revision()}")
+    if args.soak:
+        for line in soak(cfg, args.soak, int(args.intervals.split(",")[0])):
+            print(line, flush=True)
+        return 0
     cases = []
     if "train" in args.only.split(","):
         cases += [(p, int(i)) for i in args.intervals.split(",") for p in args.policies.split(",")]

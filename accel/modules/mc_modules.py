@@ -359,6 +359,7 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
     def remap(self, features: Features, mutate_miss_lengths: bool = True, write_weights: Any = None) -> Features:
         """Pure lookup (train and eval); mutate_miss_lengths and write_weights are accepted and ignored."""
         self._check_dtype(features)
+        self._check_ids(features, False)
         return self._remap(features)
 
     def _remap(self, features: Features) -> Features:

@@ -51,3 +51,18 @@ def test_main_prints_every_case(capsys):
         line = next(line for line in out.splitlines() if line.startswith(head))
         assert "remapped ids agree: True" in line
     assert out.count("x torchrec") >= 4 and "numpy searchsorted" in out
+
+
+def test_soak_checks_the_invariants(capsys):
+    assert mm.main(["--config", "tiny", "--soak", "5000", "--intervals", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("invariants: all hold") == 3
+
+
+def test_invariants_catch_a_broken_table():
+    m, _ = mm.modules(TINY, "LFU", 1, anchors=False)["accel"]
+    assert mm.invariants(m) == []
+    state = m.state_dict()
+    state["_mch_remapped_ids_mapping"] = torch.zeros(TINY.zch_size, dtype=torch.int64)
+    m.load_state_dict(state)
+    assert "output ids not a permutation of [off, off + Z)" in mm.invariants(m)

@@ -8,8 +8,8 @@ which input.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -29,15 +29,54 @@ class Worst:
     err: float
     tolerance: Tolerance
     note: str = ""
+    ref32: Optional[float] = None  # a float32 reference's value there (refimpl in float32), where known
+
+    @property
+    def abs_err(self) -> float:
+        """|got - ref| in float64 (nan for a comparison that could not be made)."""
+        if self.note:
+            return math.nan
+        return float(_abs_diff(np.float64(self.got), np.float64(self.ref)))
+
+    @property
+    def gap32(self) -> Optional[float]:
+        """|ref32 - ref|: how far a float32 reference lies from the float64 one at this element."""
+        if self.ref32 is None:
+            return None
+        return float(_abs_diff(np.float64(self.ref32), np.float64(self.ref)))
+
+    def with_ref32(self, ref32: float) -> "Worst":
+        return replace(self, ref32=float(ref32))
 
     def explain(self) -> str:
+        """One line: where (case, array, index), the values, abs and ULP error, the error in the
+        tolerance's unit against the tolerance and its reason, and the float32 reference's gap."""
         if self.note:
             return f"case '{self.case}', {self.array}: {self.note}"
+        gap = ""
+        if self.ref32 is not None:
+            gap = f"; float32 reference {self.ref32!r}, {self.gap32:.3g} from float64"
         return (
             f"case '{self.case}', {self.array}{list(self.index)}: got {self.got!r}, "
-            f"reference {self.ref!r} ({_fmt_ulps(self.ulps)}; error {self.err:.3g} {self.tolerance.unit} "
-            f"vs tolerance {self.tolerance.value:.3g}: {self.tolerance.reason})"
+            f"reference {self.ref!r} (abs error {self.abs_err:.3g}, {_fmt_ulps(self.ulps)}{gap}; "
+            f"error {self.err:.3g} {self.tolerance.unit} vs tolerance {self.tolerance.value:.3g}: "
+            f"{self.tolerance.reason})"
         )
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The element as JSON-ready values (non-finite numbers as strings, as JSON has none)."""
+        d: Dict[str, Any] = {"case": self.case, "array": self.array, "index": list(self.index)}
+        for key in ("got", "ref", "abs_err", "ulps", "err", "ref32", "gap32"):
+            d[key] = _json_number(getattr(self, key))
+        d.update(unit=self.tolerance.unit, tolerance=self.tolerance.value, reason=self.tolerance.reason,
+                 note=self.note)
+        return d
+
+
+def _json_number(value: Optional[float]) -> Any:
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
 
 
 def _fmt_ulps(ulps: float) -> str:

@@ -8,6 +8,7 @@ values, so the same record builds a refimpl module, an accel module or a TorchRe
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -187,4 +188,16 @@ class Record:
 
     @property
     def id(self) -> str:
+        """The stable id "Module/property" (`python -m conformance --repro ID` reruns it)."""
         return f"{self.module}/{self.property}"
+
+    @property
+    def short_id(self) -> str:
+        """Eight hex digits of the id's SHA-1: the same record on every machine and run, and
+        safe to type in any shell (`--repro 1f0c2a9b`)."""
+        return short_id(self.id)
+
+
+def short_id(record_id: str) -> str:
+    """The short form of a record id (see `Record.short_id`)."""
+    return hashlib.sha1(record_id.encode("utf-8")).hexdigest()[:8]

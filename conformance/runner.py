@@ -1,21 +1,26 @@
 """The one generic runner: records in, one row per record out, failures that explain themselves.
 
 A row: module, property, cases, max abs error, max error (in the tolerance's unit: ULP,
-normwise relative, or float32 error ratio), status. A failing row says where (case, array,
-index), by how much (got, reference, ULPs, tolerance and its reason) and how to rerun it alone.
+normwise relative, or float32 error ratio), status, and the record's stable id. A failing row
+says where (case, array, index), by how much (got, reference, abs and ULP error, a float32
+reference's gap to float64 where the record has one, tolerance and its reason) and how to rerun
+it alone (`python -m conformance --repro ID`). Rendering (text, JSON, JUnit) is conformance.report.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+import shlex
+import time
 import traceback
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ContextManager, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence
 
 from conformance import ledger as ledger_mod
-from conformance.compare import Errors
+from conformance.compare import Errors, Worst
 from conformance.records import Record
 from conformance.tolerances import Tolerance
 
@@ -107,6 +112,10 @@ class Row:
     status: str
     detail: str = ""
     repro: str = ""
+    id: str = ""
+    short_id: str = ""
+    seconds: float = 0.0
+    worst: Optional[Dict[str, Any]] = None  # compare.Worst.as_dict() of the record's worst element
 
     def as_dict(self) -> Dict[str, object]:
         d = asdict(self)
@@ -117,14 +126,17 @@ class Row:
 
 
 def repro_command(record: Record, ctx: Context) -> str:
+    """The one line that reruns exactly this record in this context (device, package, seed, golden set)."""
     device = "cuda" if ctx.cuda_simulator else ctx.device
-    cmd = f"python -m conformance --module {record.module} --property '{record.property}' --device {device}"
+    cmd = f"python -m conformance --repro {shlex.quote(record.id)} --device {device}"
     if ctx.cuda_simulator:
         cmd = "NUMBA_ENABLE_CUDASIM=1 " + cmd
     if ctx.against != "accel":
         cmd += f" --against {ctx.against}"
+    if ctx.seed != 0:
+        cmd += f" --seed {ctx.seed}"
     if ctx.golden_dir != GOLDEN_DIR:
-        cmd += f" --golden {ctx.golden_dir}"
+        cmd += f" --golden {shlex.quote(str(ctx.golden_dir))}"
     return cmd
 
 
@@ -140,22 +152,28 @@ def skip_reason(record: Record, ctx: Context) -> Optional[str]:
     return None
 
 
-def run_record(record: Record, ctx: Context) -> Row:
+def run_record(record: Record, ctx: Context, diagnose: bool = False) -> Row:
+    """Run one record; a failure (or, with `diagnose`, any outcome) also gets the float32
+    reference at its worst element where the record has one (`_with_float32_reference`)."""
     row = Row(record.module, record.property, record.kind, ctx.device_label, ctx.against,
-              0, math.nan, math.nan, "", math.nan, SKIP, repro=repro_command(record, ctx))
+              0, math.nan, math.nan, "", math.nan, SKIP, repro=repro_command(record, ctx),
+              id=record.id, short_id=record.short_id)
     reason = skip_reason(record, ctx)
     if reason is not None:
         row.detail = reason
         return row
+    start = time.perf_counter()
     try:
         with _launch_path(ctx):
             outcome = record.check(record, ctx)
     except Exception as exc:  # a check that crashes is a failure that must still explain itself
         frame = traceback.extract_tb(exc.__traceback__)[-1]
+        row.seconds = time.perf_counter() - start
         row.status = FAIL
         row.detail = (f"check raised {type(exc).__name__}: {exc} "
                       f"(at {Path(frame.filename).name}:{frame.lineno})")
         return _discrepancy_verdict(record, ctx, row)
+    row.seconds = time.perf_counter() - start
     row.status = outcome.status
     row.cases = outcome.cases
     row.detail = outcome.detail
@@ -164,7 +182,66 @@ def run_record(record: Record, ctx: Context) -> Row:
         row.max_err = outcome.errors.max_err
         row.unit = outcome.unit
         row.tolerance = outcome.tolerance
+        worst = outcome.errors.worst
+        if worst is not None and (outcome.status == FAIL or diagnose):
+            worst = _with_float32_reference(record, ctx, worst)
+            if worst.ref32 is not None and outcome.status == FAIL:
+                row.detail = _replace_explanation(row.detail, outcome.errors.worst, worst)
+        row.worst = worst.as_dict() if worst is not None else None
     return _discrepancy_verdict(record, ctx, row)
+
+
+def _replace_explanation(detail: str, old: Worst, new: Worst) -> str:
+    """`detail` with the worst element's explanation redone to show the float32 reference."""
+    before = old.explain()
+    return detail.replace(before, new.explain()) if before in detail else f"{detail} ({new.explain()})"
+
+
+def _with_float32_reference(record: Record, ctx: Context, worst: Worst) -> Worst:
+    """`worst` with refimpl-float32's value at its element, for a failing forward_f32 record.
+
+    The float32 check keeps only the ratio; the float32 reference is recomputed here, on the
+    same build, case and state, so that a failure shows how far a correct float32 result lies
+    from float64 at the element in question. Any record this does not know stays as it is.
+    """
+    if record.kind != "forward_f32" or worst.note:
+        return worst
+    try:
+        value = _float32_reference(record, ctx, worst)
+    except Exception:  # a diagnosis must never turn a failure report into a crash
+        return worst
+    return worst if value is None else worst.with_ref32(value)
+
+
+def _float32_reference(record: Record, ctx: Context, worst: Worst) -> Optional[float]:
+    import numpy as np
+
+    from conformance import adapters, checks, generators
+    from conformance.properties import embeddings_checks, embeddings_io
+
+    build = next((b for b in record.builds if worst.case.startswith(f"{b.name}/")), None)
+    if build is None:
+        return None
+    case_name = worst.case[len(build.name) + 1:]
+    with _launch_path(ctx):
+        if record.check is checks.check_forward_f32:
+            case = next((c for c in generators.cases(record.generator, build, ctx.seed) if c.name == case_name), None)
+            if case is None:
+                return None
+            pair = adapters.make_pair(build, seed=ctx.seed, dtype=np.float32, package=ctx.against, device=ctx.device)
+            own = adapters.run_ref(pair.ref, adapters.cast(case.x, np.float32), np.float32)
+            return float(np.asarray(own)[worst.index])
+        if record.check is embeddings_checks.check_forward_f32:
+            batch = dict(embeddings_checks.case_list(record, build, ctx)).get(case_name)
+            if batch is None:
+                return None
+            if batch.weights is not None:  # the check rounds per-id weights to float32 once, as here
+                batch = batch.with_weights(batch.weights.astype(np.float32).astype(np.float64))
+            pair = embeddings_io.make_pair(build, seed=ctx.seed, dtype=np.float32, package=ctx.against,
+                                           device=ctx.device)
+            _, own = embeddings_io.run(pair.ref, build, batch, "refimpl", np.float32)
+            return float(np.asarray(own[worst.array])[worst.index])
+    return None
 
 
 def _launch_path(ctx: Context) -> ContextManager[object]:
@@ -217,41 +294,32 @@ def select(records: Iterable[Record], module: Optional[str] = None, prop: Option
     return out
 
 
-def run(records: Sequence[Record], ctx: Context) -> List[Row]:
-    return [run_record(r, ctx) for r in records]
+def find(records: Iterable[Record], ident: str) -> Record:
+    """The record whose id ("Module/property", module case-insensitive) or short id is `ident`."""
+    records = list(records)
+    text = ident.strip()
+    for r in records:
+        if r.id == text or r.short_id == text.lower():
+            return r
+    module, _, prop = text.partition("/")
+    for r in records:
+        if r.module.lower() == module.lower() and r.property == prop:
+            return r
+    close = difflib.get_close_matches(text, [r.id for r in records], n=3, cutoff=0.5)
+    hint = f"; close: {', '.join(close)}" if close else ""
+    raise KeyError(f"record id expected a 'Module/property' id or an 8-digit short id of a registered record, "
+                   f"got {ident!r}{hint}")
 
 
-def _fmt(value: float, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    text = "inf" if math.isinf(value) else f"{value:.3g}"
-    return f"{text} {unit}".strip()
+Progress = Callable[[int, int, Record], None]
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    """Aligned text: one line per row, then each failure's explanation and repro command."""
-    header = ("module", "property", "device", "cases", "max abs err", "max ULP/rel err", "tolerance", "status")
-    lines = [
-        (r.module, r.property, r.device, str(r.cases), _fmt(r.max_abs), _fmt(r.max_err, r.unit),
-         _fmt(r.tolerance, r.unit), r.status)
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-    failures = [r for r in rows if r.status == FAIL]
-    for r in failures:
-        out.append("")
-        out.append(f"FAIL {r.module}/{r.property} [{r.device}]: {r.detail}")
-        out.append(f"  repro: {r.repro}")
-    reasons: Dict[str, int] = {}
-    for r in rows:
-        if r.status == SKIP:
-            reasons[r.detail] = reasons.get(r.detail, 0) + 1
-    if reasons:
-        out.append("")
-        out += [f"SKIP x{n}: {reason}" for reason, n in reasons.items()]
-    counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, SKIP)}
-    out.append("")
-    out.append(f"{len(rows)} properties: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped")
-    return "\n".join(out)
+def run(records: Sequence[Record], ctx: Context, progress: Optional[Progress] = None,
+        diagnose: bool = False) -> List[Row]:
+    """One row per record, in order; `progress(i, n, record)` is told before each starts."""
+    rows = []
+    for i, record in enumerate(records):
+        if progress is not None:
+            progress(i, len(records), record)
+        rows.append(run_record(record, ctx, diagnose))
+    return rows

@@ -48,6 +48,27 @@ def test_errors_remember_the_worst_element():
     assert errors.max_abs == pytest.approx(1e-9, rel=1e-6)
     text = errors.worst.explain()
     assert "case 'B=2 large', output[1, 2]" in text and "reference 5.0" in text and "ULP" in text
+    assert errors.worst.abs_err == abs(got[1, 2] - 5.0) and "abs error 1e-09" in text
+    assert errors.worst.ref32 is None and errors.worst.gap32 is None and "float32" not in text
+
+
+def test_worst_with_a_float32_reference_states_its_gap():
+    errors = Errors()
+    ref = np.array([1.0 / 3.0])
+    errors.add("c", "output", ref + 1e-9, ref, REL)
+    worst = errors.worst.with_ref32(np.float32(1.0 / 3.0))
+    gap = abs(float(np.float32(1.0 / 3.0)) - 1.0 / 3.0)
+    assert worst.gap32 == gap and f"{gap:.3g} from float64" in worst.explain()
+    d = worst.as_dict()
+    assert d["index"] == [0] and d["ref32"] == float(np.float32(1.0 / 3.0)) and d["gap32"] == gap
+    assert d["abs_err"] == pytest.approx(1e-9, rel=1e-6) and d["unit"] == "rel" and d["tolerance"] == 1e-12
+
+
+def test_worst_as_dict_writes_non_finite_numbers_as_strings():
+    errors = Errors()
+    errors.add("c", "output", np.array([np.inf]), np.array([1.0]), REL)
+    d = errors.worst.as_dict()
+    assert d["got"] == "inf" and d["abs_err"] == "inf" and d["ref"] == 1.0
 
 
 def test_errors_pass_within_tolerance():

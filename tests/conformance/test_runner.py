@@ -10,7 +10,8 @@ import accel
 from conformance import tolerances
 from conformance.properties import RECORDS
 from conformance.records import Record
-from conformance.runner import FAIL, PASS, SKIP, Context, Outcome, Row, format_table, run, run_record, select
+from conformance.report import format_table
+from conformance.runner import FAIL, PASS, SKIP, Context, Outcome, Row, run, run_record, select
 
 
 def _record(record_id):
@@ -47,7 +48,11 @@ def test_one_ulp_fails_where_the_tolerance_is_zero(monkeypatch, ctx):
     assert row.max_err == 1.0 and row.unit == "ulp"
     # The explanation names the case, the element, both values, the ULPs and the way to rerun it.
     assert "[0, 0]" in row.detail and "1 ULP" in row.detail and "reference" in row.detail
-    assert row.repro == "python -m conformance --module CrossNet --property 'num_layers_0_identity' --device cpu"
+    assert "abs error" in row.detail
+    assert row.repro == "python -m conformance --repro CrossNet/num_layers_0_identity --device cpu"
+    assert row.id == record.id and row.short_id == record.short_id
+    assert row.worst["index"] == [0, 0] and row.worst["ulps"] == 1.0 and row.worst["err"] == 1.0
+    assert row.worst["abs_err"] == abs(row.worst["got"] - row.worst["ref"]) > 0
 
 
 def _documented_vector_cross(self, input):
@@ -86,6 +91,46 @@ def test_float32_computed_in_half_precision_fails(monkeypatch, ctx):
     assert "as far from float64" in row.detail
 
 
+def test_a_float32_failure_shows_the_float32_reference_gap(monkeypatch, ctx):
+    original = accel.CrossNet.forward
+
+    def off(self, input):  # 2^-12 relative: far outside float32's allowance, finite everywhere
+        return original(self, input) * (1 + 2.0 ** -12)
+
+    monkeypatch.setattr(accel.CrossNet, "forward", off)
+    row = run_record(_record("CrossNet/forward_f32"), ctx)
+    assert row.status == FAIL
+    # refimpl-float32 at the worst element and its gap to the float64 reference, which the check
+    # allowed for: |accel32 - ref64| / ratio is at least that gap.
+    worst = row.worst
+    assert worst["ref32"] is not None and "float32 reference" in row.detail
+    assert worst["gap32"] == abs(worst["ref32"] - worst["ref"])
+    assert worst["gap32"] <= worst["abs_err"] / worst["err"] * (1 + 1e-12)
+
+
+def test_float32_reference_of_an_embedding_record(monkeypatch, ctx):
+    import accel.modules.embedding_modules as em
+
+    original = em.EmbeddingBagCollection.forward
+
+    def coarse(self, features):
+        out = original(self, features)
+        return type(out)(out.keys(), out.length_per_key(), out.values().to(torch.float16).to(out.values().dtype))
+
+    monkeypatch.setattr(em.EmbeddingBagCollection, "forward", coarse)
+    row = run_record(_record("EmbeddingBagCollection/forward_f32"), ctx)
+    assert row.status == FAIL and row.worst["ref32"] is not None
+    assert 0 <= row.worst["gap32"] < row.worst["abs_err"]
+
+
+def test_diagnose_adds_the_float32_reference_to_a_passing_row(ctx):
+    record = _record("CrossNet/forward_f32")
+    plain, diagnosed = run_record(record, ctx), run_record(record, ctx, diagnose=True)
+    assert plain.status == diagnosed.status == PASS and plain.detail == diagnosed.detail == ""
+    assert plain.worst["ref32"] is None
+    assert diagnosed.worst["ref32"] is not None and diagnosed.worst["index"] == plain.worst["index"]
+
+
 def test_a_check_that_crashes_is_a_failure_that_explains_itself(ctx):
     def crash(record, ctx):
         raise KeyError("state key 'bias.0' missing")
@@ -103,6 +148,40 @@ def test_torchrec_skips_float64_and_error_records_with_a_reason():
     assert forward.status == SKIP and "float32-only" in forward.detail
     assert errors.status == SKIP and "validation" in errors.detail
     assert "--against torchrec" in forward.repro
+
+
+def test_repro_command_carries_the_context():
+    from conformance.runner import GOLDEN_DIR, repro_command
+
+    record = _record("LowRankMixtureCrossNet/forward[K=3]")
+    assert repro_command(record, Context()) == (
+        "python -m conformance --repro 'LowRankMixtureCrossNet/forward[K=3]' --device cpu")
+    other = Context(against="torchrec", seed=7, golden_dir=GOLDEN_DIR.parent / "my golden")
+    assert repro_command(record, other).endswith("--device cpu --against torchrec --seed 7 --golden "
+                                                 f"'{GOLDEN_DIR.parent / 'my golden'}'")
+    sim = Context(cuda_simulator=True)
+    assert repro_command(record, sim).startswith("NUMBA_ENABLE_CUDASIM=1 python -m conformance --repro")
+    assert "--device cuda" in repro_command(record, sim)
+
+
+def test_find_by_id_module_case_and_short_id():
+    from conformance.runner import find
+
+    record = _record("VectorCrossNet/zero_kernels")
+    assert find(RECORDS, "VectorCrossNet/zero_kernels") is record
+    assert find(RECORDS, "vectorcrossnet/zero_kernels") is record
+    assert find(RECORDS, record.short_id.upper()) is record
+    with pytest.raises(KeyError, match=r"record id expected .* got 'VectorCrossNet/zero_kernel'.*close: "
+                                       r"VectorCrossNet/zero_kernels"):
+        find(RECORDS, "VectorCrossNet/zero_kernel")
+
+
+def test_run_reports_progress_and_timing(ctx):
+    records = select(RECORDS, "SwishLayerNorm", "forward")
+    seen = []
+    rows = run(records, ctx, progress=lambda i, n, r: seen.append((i, n, r.id)))
+    assert seen == [(0, 1, "SwishLayerNorm/forward")]
+    assert rows[0].seconds > 0
 
 
 def test_refimpl_only_records_still_run_against_torchrec():

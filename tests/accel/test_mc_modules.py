@@ -240,6 +240,15 @@ def test_filters_formulas():
     assert torch.equal(r, torch.rand(3))
 
 
+def test_filter_returning_an_index_array():
+    def more_than_once(c):
+        return torch.nonzero(c > 1).squeeze(1), 1
+
+    m = mch(5, policy("LFU", threshold_filtering_func=more_than_once), 1)
+    assert step(m, [1, 1, 2, 3, 3, 3]) == ([3, 3, 4, 2, 2, 2], [2, 3])
+    assert table(m)[:2] == ([1, 3, M, M, M], [3, 2, 0, 1, 4])
+
+
 def test_user_policy_runs_through_the_policy_methods():
     class MethodLFU(mc.LFU_EvictionPolicy):
         _round_kind = None
@@ -327,7 +336,7 @@ def test_bad_ids_raise_before_state_changes(values, err, pattern):
     step(m, [1, 2])
     snap = snapshot(m)
     bad = {"t": JaggedTensor(values, lengths=torch.tensor([2]))}
-    for call in (m, m.profile):
+    for call in (m, m.profile, m.remap):
         with pytest.raises(err, match=pattern):
             call(bad)
     assert_unchanged(m, snap)

@@ -259,8 +259,14 @@ RECORDS += [
            (RANDOM_STREAMS // 2, ("collection", True), ("wrapper", "EmbeddingConfig"))),
 ]
 
-# --- the base class and the helper -----------------------------------------------------------------------
+# --- the base class and the helpers ----------------------------------------------------------------------
 RECORDS += [
+    record("evict", "reinitialises_rows", "forward", "hand-written evictions", mk.check_evict_function,
+           "issue 4 item 4 / ledger D30: mc_embedding_modules.evict(evictions, collection) re-initialises the rows "
+           "of the evicted output ids of each table with the table's init (TorchRec: a no-op)"),
+    record("evict", "bad_input", "error", "hand-written evictions", mk.check_evict_errors,
+           "CONTRACT: a table the collection does not have (ValueError) or an id outside [0, num_embeddings) "
+           "(IndexError), naming the table, before any row changes"),
     discrepancy("ManagedCollisionModule", "D21", "constructor", md.check_d21,
                 'page: "ManagedCollisionModule(device)" with max_output_id, input_hash_size, '
                 "remapping_range_start_index; sem. 16 D21: (device, output_segments, ...)"),

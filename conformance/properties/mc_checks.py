@@ -10,7 +10,7 @@ window counts), never by either package.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,7 +19,7 @@ from conformance import generators
 from conformance.checks import expect_error
 from conformance.properties import mc_io as io
 from conformance.properties import mc_streams
-from conformance.properties.mc_io import MAX, MCH, Stream, Wrapped
+from conformance.properties.mc_io import MAX, MCH, Stream, Tables, Wrapped
 from conformance.records import Record
 from conformance.runner import FAIL, PASS, SKIP, Context, Outcome
 
@@ -629,4 +629,76 @@ def check_filter_vectors(record: Record, ctx: Context) -> Outcome:
             if got_mask.tolist() != list(mask) or float(got_threshold) != threshold:
                 problems.append(f"{package} {flt.describe()} on {list(counts)}: mask {got_mask.tolist()}, threshold "
                                 f"{float(got_threshold)!r}; sem. 11.1: {list(mask)}, {threshold!r}")
+    return _outcome(problems, count)
+
+
+# --- mc_embedding_modules.evict -------------------------------------------------------------------------
+EVICT_TABLES = Tables((io.Table("t", 6, ("f",), dim=3), io.Table("u", 4, ("g",), dim=3)))
+
+
+def _embedding_pair(kind: str, ctx: Context) -> Tuple[Any, Any]:
+    """(refimpl, package under test) embedding collections of EVICT_TABLES holding the same rows."""
+    from conformance.properties import embeddings_io as eio
+
+    spec = replace(EVICT_TABLES, kind=kind)
+    name = "EmbeddingBagCollection" if kind == "EmbeddingBagConfig" else "EmbeddingCollection"
+    import refimpl.modules.embedding_modules as em
+
+    ref = getattr(em, name)(spec.configs("refimpl"), rng=np.random.default_rng(ctx.seed))
+    other = eio.adapters.module_class(ctx.against, name)(spec.configs(ctx.against))
+    ref.load_state_dict(io.state_of(other))
+    return ref, other
+
+
+def _ids(package: str, ids: Optional[Sequence[int]]) -> Any:
+    if ids is None or package == "refimpl":
+        return None if ids is None else np.asarray(ids, dtype=np.int64)
+    import torch
+
+    return torch.tensor(list(ids), dtype=torch.int64)
+
+
+def check_evict_function(record: Record, ctx: Context) -> Outcome:
+    """evict({t: ids, u: None}, collection) re-initialises exactly rows `ids` of table t, inside
+    the init bounds +-sqrt(1/rows), and nothing else, in refimpl and the package under test (an
+    EmbeddingBagCollection and an EmbeddingCollection). TorchRec's evict does nothing (D30)."""
+    if ctx.against == "torchrec":
+        return Outcome(SKIP, detail="recspec deviates from TorchRec here on purpose (ledger D30); the D30 record "
+                                    "of ManagedCollisionEmbeddingBagCollection runs TorchRec's side")
+    problems, count, bound = [], 0, float(np.sqrt(1 / 6))
+    for kind in ("EmbeddingBagConfig", "EmbeddingConfig"):
+        with io.running(ctx.against, ctx.seed):
+            pair = _embedding_pair(kind, ctx)
+            before = io.state_of(pair[1])
+            for package, module in zip(("refimpl", ctx.against), pair):
+                count += 1
+                io.mc_embedding_modules(package).evict({"t": _ids(package, [4, 1]), "u": None}, module)
+                after = io.state_of(module)
+                for key in before:
+                    rows = np.nonzero(np.any(after[key] != before[key], axis=1))[0].tolist()
+                    want = [1, 4] if ".t." in key else []
+                    if rows != want:
+                        problems.append(f"{package} {kind}: rows {rows} of {key} changed, expected {want}")
+                    elif rows and float(np.abs(after[key][rows]).max()) > bound:
+                        problems.append(f"{package} {kind}: re-initialised rows of {key} outside +-{bound:.4g}")
+    return _outcome(problems, count)
+
+
+def check_evict_errors(record: Record, ctx: Context) -> Outcome:
+    """evict with a table the collection does not have raises ValueError naming it; with an id
+    outside [0, rows) raises IndexError naming the table and the id; no row changes."""
+    problems, count = [], 0
+    cases = (({"x": [1]}, ValueError, r"'x'"), ({"t": [2, 6]}, IndexError, r"'t'[\s\S]*6"))
+    with io.running(ctx.against, ctx.seed):
+        pair = _embedding_pair("EmbeddingBagConfig", ctx)
+        for package, module in zip(sides(record, ctx), pair):
+            before = io.state_of(module)
+            for evictions, exc, pattern in cases:
+                count += 1
+                ev = {t: _ids(package, ids) for t, ids in evictions.items()}
+                case = MCError(f"evict({evictions})", Stream("", EVICT_TABLES, ()), None, exc, pattern)
+                problem = expect_error(lambda: io.mc_embedding_modules(package).evict(ev, module), case)
+                changed = [k for k, v in io.state_of(module).items() if not np.array_equal(v, before[k])]
+                if problem or changed:
+                    problems.append(f"{package} evict({evictions}): {problem or f'changed {changed}'}")
     return _outcome(problems, count)

@@ -23,7 +23,7 @@ TORCHREC_REASON = "TorchRec 1.8 is optional; with it the MC records also run aga
 MC_CLASSES = ("MCHManagedCollisionModule", "LFU_EvictionPolicy", "LRU_EvictionPolicy", "DistanceLFU_EvictionPolicy",
               "ManagedCollisionCollection", "ManagedCollisionEmbeddingBagCollection",
               "ManagedCollisionEmbeddingCollection", "dynamic_threshold_filter", "average_threshold_filter",
-              "probabilistic_threshold_filter", "ManagedCollisionModule", "apply_mc_method_to_jt_dict")
+              "probabilistic_threshold_filter", "ManagedCollisionModule", "apply_mc_method_to_jt_dict", "evict")
 
 
 @pytest.fixture(scope="module")

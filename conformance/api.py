@@ -12,19 +12,23 @@ initialisation with every constant parameter replaced by seeded noise (a zero bi
 misplaced bias), handed to the implementation as a state dict under recspec's (TorchRec's) keys.
 What runs, by kind:
     forward      dtype float64: every `forward` record of the module
-    forward_f32  dtype float32: every `forward_f32` record (the implementation's float32 error is at
-                 most 4 x a correct float32 result's, conformance.checks.check_forward_f32)
-    autograd     dtype float64, torch modules: gradients of the input and every parameter
+    forward_f32  dtype float32, dense modules: every `forward_f32` record (the implementation's
+                 float32 error is at most 4 x a correct float32 result's, checks.check_forward_f32)
+    autograd     dtype float64, dense torch modules: gradients of the input and every parameter
     golden       dtype float64: each committed golden file of the module (outputs, and gradients
                  when the implementation has autograd); the format is docs/golden_format.md
 `impl` is one of
     a class, or `factory(fn)`   called with the construction's arguments (activations as torch
-                                functions, nested modules as torch modules), then loaded with the state
-    a torch module instance     a copy runs every construction whose state shapes it matches
+                                functions, nested modules as torch modules, table configs as
+                                accel's, or TorchRec's for a TorchRec class), then loaded with the state
+    a torch module instance     a copy runs every construction whose state keys and shapes it matches
     a plain callable            `impl(params, inputs)` -> outputs, NumPy in and out (anything
                                 `np.asarray` takes out); with a `config` parameter it also receives
                                 the constructor as JSON ({"module", "args", "kwargs"})
-and an `Adapter` maps recspec's keys, inputs and outputs onto the implementation's.
+and an `Adapter` maps recspec's keys, inputs and outputs onto the implementation's. The embedding
+modules (JAGGED) take a KeyedJaggedTensor: a torch module gets accel's (a dict of JaggedTensors for
+PositionWeightedModule), a plain callable `jagged_arrays`' dict, and returns its outputs named as the
+golden files name them (JAGGED_OUTPUTS).
 """
 
 from __future__ import annotations
@@ -138,26 +142,38 @@ def _to_numpy(y: Any) -> np.ndarray:
 
 class _Bound:
     """`impl` built for one construction and holding one state: forward(x) and, for torch modules,
-    gradients(x, G) named as conformance.adapters names them."""
+    gradients(x, G) named as conformance.adapters (dense) or embeddings_io (jagged) names them.
+    x is an array or a list of arrays (dense), or an embeddings_io.Batch (jagged)."""
 
-    def __init__(self, call: Callable[[Any], Any], module: Any = None, inverse: Optional[Dict[str, str]] = None,
-                 dtype: Any = np.float64, device: str = "cpu", adapter: Optional[Adapter] = None) -> None:
-        self.call, self.module, self.inverse = call, module, inverse or {}
-        self.dtype, self.device, self.adapter = np.dtype(dtype), device, adapter or Adapter()
+    def __init__(self, build: Build, call: Callable[[Any], Any], module: Any = None,
+                 inverse: Optional[Dict[str, str]] = None, dtype: Any = np.float64, device: str = "cpu") -> None:
+        self.build, self.call, self.module, self.inverse = build, call, module, inverse or {}
+        self.dtype, self.device = np.dtype(dtype), device
+        self.jagged = build.module in JAGGED
 
     @property
     def has_gradients(self) -> bool:
         return self.module is not None
 
-    def forward(self, x: Any) -> np.ndarray:
+    def forward(self, x: Any) -> Any:
+        """The output as a NumPy array (dense), or (output keys or None, named arrays) (jagged)."""
         if self.module is None:
-            return _to_numpy(self.call(x))
+            if not self.jagged:
+                return _to_numpy(self.call(adapters.cast(x, self.dtype)))
+            out = self.call(jagged_arrays(x, self.dtype))
+            if not isinstance(out, Mapping):
+                raise TypeError(f"output: expected a dict of named arrays ({JAGGED_OUTPUTS}), got {type(out).__name__}")
+            return None, {k: _to_numpy(v) for k, v in out.items()}
         import torch
 
         with torch.no_grad():
+            if self.jagged:
+                return self._io().outputs(self.build, self.call(self._torch_jagged(x)[0]))
             return _to_numpy(self.call(adapters.to_torch(x, self.dtype, self.device)))
 
-    def gradients(self, x: Any, grad_output: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def gradients(self, x: Any, grad_output: Any) -> Tuple[Any, Dict[str, np.ndarray]]:
+        if self.jagged:
+            return self._jagged_gradients(x, grad_output)
         module = self.module
         module.zero_grad(set_to_none=True)
         xt = adapters.to_torch(x, self.dtype, self.device, requires_grad=True)
@@ -165,20 +181,75 @@ class _Bound:
         y.backward(adapters.to_torch(grad_output, self.dtype, self.device))
         names = [f"grad input[{i}]" for i in range(len(xt))] if isinstance(x, list) else ["grad input"]
         grads = {n: adapters._grad_or_zeros(t) for n, t in zip(names, xt if isinstance(x, list) else [xt])}
-        for key, p in module.named_parameters(remove_duplicate=False):
+        return _to_numpy(y), self._parameter_grads(grads)
+
+    def _parameter_grads(self, grads: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        for key, p in self.module.named_parameters(remove_duplicate=False):
             grads[f"grad {self.inverse.get(key, key)}"] = adapters._grad_or_zeros(p)
-        return _to_numpy(y), grads
+        return grads
+
+    @staticmethod
+    def _io() -> Any:
+        from conformance.properties import embeddings_io
+
+        return embeddings_io
+
+    def _torch_jagged(self, b: Any, requires_grad: bool = False) -> Tuple[Any, Any]:
+        """(the forward's input: an accel KeyedJaggedTensor, or its dict of JaggedTensors for the
+        dict-taking modules; the weights leaf or None)."""
+        io = self._io()
+        kjt = io.to_kjt(b, "accel", self.dtype, self.device, requires_grad=requires_grad and b.weights is not None)
+        x = kjt.to_dict() if self.build.module in io.DICT_MODULES else kjt
+        return x, kjt.weights_or_none()
+
+    def _jagged_gradients(self, b: Any, G: Dict[str, np.ndarray]) -> Tuple[Any, Dict[str, np.ndarray]]:
+        """(the named outputs, the gradients of sum_k <output_k, G_k>: "grad <key>", and
+        "grad weights" for the KJT's weights)."""
+        import torch
+
+        io = self._io()
+        self.module.zero_grad(set_to_none=True)
+        x, leaf = self._torch_jagged(b, requires_grad=True)
+        result = self.call(x)
+        tensors = io._torch_outputs(self.build, result)
+        loss = sum((tensors[k] * torch.as_tensor(G[k], dtype=tensors[k].dtype, device=tensors[k].device)).sum()
+                   for k in G)
+        if torch.is_tensor(loss) and loss.requires_grad:
+            loss.backward()
+        grads = {} if leaf is None else {"grad weights": adapters._grad_or_zeros(leaf)}
+        return io.outputs(self.build, result), self._parameter_grads(grads)
 
 
-def _torch_arguments(build: Build, seed: int) -> Tuple[List[Any], Dict[str, Any]]:
+# The jagged modules check() runs, their input for a plain callable and the outputs it returns.
+JAGGED = ("EmbeddingBagCollection", "EmbeddingCollection", "PositionWeightedModule", "PositionWeightedProcessor")
+JAGGED_OUTPUTS = ("EmbeddingBagCollection: {'out'}; EmbeddingCollection: {'values[f]', 'lengths[f]', "
+                  "'indices[f]'}; PositionWeightedModule: {'weights[f]'}; PositionWeightedProcessor: {'weights'}")
+
+
+def jagged_arrays(b: Any, dtype: Any = np.float64) -> Dict[str, Any]:
+    """A KeyedJaggedTensor as plain arrays, the jagged input of a plain callable: {"keys": [...],
+    "lengths": int64 (key-major, F x B), "values": int64 ids, "weights": per-id weights in `dtype`
+    or None, "stride": B}; bag b of key k is values[offsets[k*B+b]:offsets[k*B+b+1]]."""
+    return {"keys": list(b.keys), "lengths": b.lengths.copy(), "values": b.values.copy(),
+            "weights": None if b.weights is None else b.weights.astype(dtype), "stride": int(b.stride)}
+
+
+def _torch_arguments(build: Build, seed: int, package: str = "accel") -> Tuple[List[Any], Dict[str, Any]]:
     """The Build's arguments for a torch class: Act names as torch functions, nested Builds as
-    torch modules (torch.nn.Linear for "Linear"), tuples as lists."""
+    torch modules (torch.nn.Linear for "Linear"), table configs as `package`'s configs (TorchRec's
+    for a TorchRec class), (feature, length) pairs as a dict, tuples as lists."""
+    from conformance.properties import embeddings_io as io
 
     def resolve(value: Any) -> Any:
         if isinstance(value, Act):
             return adapters.activation("accel", value.name)
+        if isinstance(value, Build) and value.module in io.CONFIGS:
+            return io.config(value, package)
         if isinstance(value, Build):
             return adapters.construct(value, "accel", seed=seed)
+        if isinstance(value, tuple) and value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
+                                                      for v in value):
+            return {k: v for k, v in value}
         if isinstance(value, tuple):
             return [resolve(v) for v in value]
         return value
@@ -222,7 +293,9 @@ def bind(impl: Any, adapter: Adapter, build: Build, state: Dict[str, np.ndarray]
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                args, kwargs = _torch_arguments(build, seed)
+                target = impl.fn if isinstance(impl, factory) else impl
+                package = "torchrec" if getattr(target, "__module__", "").startswith("torchrec.") else "accel"
+                args, kwargs = _torch_arguments(build, seed, package)
                 module = impl(*args, **kwargs)
         if not _is_module(module):  # a construct hook may return a plain callable
             return _function(module, adapter, build, renamed, dtype)
@@ -237,7 +310,7 @@ def bind(impl: Any, adapter: Adapter, build: Build, state: Dict[str, np.ndarray]
             raise StateMismatch(f"state shapes (expected, the implementation's): {wrong}")
         module.load_state_dict({k: torch.as_tensor(v, device=device) for k, v in renamed.items()})
         inverse = {adapter.key(k): k for k in state if adapter.key(k) is not None}
-        return _Bound(lambda x: adapter.outputs(module(adapter.inputs(x))), module, inverse, dtype, device, adapter)
+        return _Bound(build, lambda x: adapter.outputs(module(adapter.inputs(x))), module, inverse, dtype, device)
     if not callable(impl):
         raise TypeError(f"impl: expected a torch nn.Module class or instance, factory(fn) or a callable "
                         f"(params, inputs) -> outputs, got {type(impl).__name__}")
@@ -252,8 +325,7 @@ def _function(fn: Callable[..., Any], adapter: Adapter, build: Build, renamed: D
     except (TypeError, ValueError):  # builtins and C callables have no signature
         takes_config = False
     extra = {"config": build.describe()} if takes_config else {}
-    return _Bound(lambda x: adapter.outputs(fn(params, adapter.inputs(adapters.cast(x, dtype)), **extra)),
-                  dtype=dtype, adapter=adapter)
+    return _Bound(build, lambda x: adapter.outputs(fn(params, adapter.inputs(x), **extra)), dtype=dtype)
 
 
 # --- the checks -------------------------------------------------------------------------------------
@@ -266,7 +338,7 @@ class _Run:
 
     def state(self, build: Build, dtype: Any = np.float64) -> Dict[str, np.ndarray]:
         """refimpl's seeded parameters, constants replaced by noise, rounded once to `dtype`."""
-        module = adapters.construct(build, "refimpl", seed=self.seed, dtype=np.float64)
+        module = _construct_refimpl(build, seed=self.seed)
         state = adapters.exercise(module.state_dict(), self.seed)
         return {k: np.asarray(v).astype(dtype).astype(np.float64) for k, v in state.items()}
 
@@ -286,8 +358,14 @@ class _Run:
             return None
 
 
+def _construct_refimpl(build: Build, seed: int = 0, dtype: Any = np.float64) -> Any:
+    from conformance.properties import embeddings_io
+
+    return embeddings_io.construct(build, "refimpl", seed=seed, dtype=dtype)
+
+
 def _reference(build: Build, state: Dict[str, np.ndarray], dtype: Any = np.float64) -> Any:
-    module = adapters.construct(build, "refimpl", dtype=dtype)
+    module = _construct_refimpl(build, dtype=dtype)
     module.load_state_dict(state)
     return module
 
@@ -323,6 +401,42 @@ def _forward(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
                 tol, conditioning.spread(want, wobble.outputs(case.x)))
             errors.add(label, "output", got, want, case_tol)
     return errors, count, skipped
+
+
+def _jagged_forward(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
+    """embeddings_checks.check_forward's comparison: every named output array, ids and lengths
+    exactly, and the output's keys in order where the implementation returns TorchRec's types."""
+    from conformance.properties import embeddings_cases, embeddings_io
+
+    errors, count, skipped = Errors(), 0, []
+    for build in record.builds:
+        state = run.state(build)
+        bound = run.bind(build, state, np.float64, skipped)
+        if bound is None:
+            continue
+        ref = _reference(build, state)
+        tol = record.tolerance or tolerances.forward64(build.reduction)
+        for name, b in embeddings_cases.cases(record.generator, build, run.seed):
+            count += 1
+            label = f"{build.name}/{name}"
+            got = _guarded(errors, label, tol, lambda: bound.forward(b))
+            if got is not None:
+                _compare_named(errors, label, got, embeddings_io.run(ref, build, b, "refimpl", np.float64), tol)
+    return errors, count, skipped
+
+
+def _compare_named(errors: Errors, label: str, got: Tuple[Optional[List[str]], Dict[str, np.ndarray]],
+                   ref: Tuple[List[str], Dict[str, np.ndarray]], tol: tolerances.Tolerance) -> None:
+    if got[0] is not None and list(got[0]) != list(ref[0]):
+        errors.fail(label, "output keys", f"keys {list(got[0])}, expected {list(ref[0])}", tol)
+        return
+    for name in sorted(set(got[1]) | set(ref[1])):
+        if name not in got[1] or name not in ref[1]:
+            side = "the implementation's" if name not in got[1] else "refimpl's"
+            errors.fail(label, name, f"missing from {side} outputs (expected {sorted(ref[1])})", tol)
+            continue
+        exact = not np.issubdtype(ref[1][name].dtype, np.floating)
+        errors.add(label, name, got[1][name], ref[1][name], tolerances.EXACT if exact else tol)
 
 
 def _forward_f32(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
@@ -414,6 +528,9 @@ def _golden(name: str, entry: Dict[str, Any], run: _Run, golden_dir: Path) -> Tu
     bound = run.bind(build, state, np.float64, skipped)
     if bound is None:
         return errors, 0, skipped
+    if bound.jagged:
+        _golden_jagged(errors, name, build, bound, arrays, fwd, grad)
+        return errors, 1, []
     x = store.inputs_of(arrays)
     if bound.has_gradients:
         result = _guarded(errors, name, fwd, lambda: bound.gradients(x, arrays["grad_output"]))
@@ -430,39 +547,62 @@ def _golden(name: str, entry: Dict[str, Any], run: _Run, golden_dir: Path) -> Tu
     return errors, 1, []
 
 
+def _golden_jagged(errors: Errors, name: str, build: Build, bound: _Bound, arrays: Dict[str, np.ndarray],
+                   fwd: tolerances.Tolerance, grad: tolerances.Tolerance) -> None:
+    from conformance.properties import embeddings_golden
+
+    b, G, expected = embeddings_golden.stored(build, arrays)
+    want = store.prefixed(arrays, "output.")
+    if bound.has_gradients:
+        result = _guarded(errors, name, fwd, lambda: bound.gradients(b, G))
+        if result is None:
+            return
+        (keys, got), grads = result
+        wanted = {k: v for k, v in expected.items() if k.startswith("grad ")}
+        if "grad weights" not in wanted:  # the weights of an unweighted lookup have no gradient
+            grads.pop("grad weights", None)
+        checks._compare_gradients(errors, name, grads, wanted, grad)
+    else:
+        got = _guarded(errors, name, fwd, lambda: bound.forward(b))
+        if got is None:
+            return
+        got = got[1]
+    _compare_named(errors, name, (None, got), ([], want), fwd)
+
+
 _KIND_CHECKS = {"forward": _forward, "forward_f32": _forward_f32, "autograd": _autograd}
+_JAGGED_CHECKS = {"forward": _jagged_forward}
 
 
 # --- the public entry point -------------------------------------------------------------------------
 def _records(module: str) -> List[Record]:
+    """The module's records that check() runs: the generic dense kinds, and jagged forwards."""
     from conformance.properties import RECORDS
+    from conformance.properties import embeddings_checks
 
+    if module in JAGGED:
+        return [r for r in RECORDS if r.module == module and r.check is embeddings_checks.check_forward]
     return [r for r in RECORDS if r.module == module and _CHECKS.get(r.check) == r.kind]
 
 
 def _golden_files(module: str, golden_dir: Path) -> Dict[str, Dict[str, Any]]:
     manifest = store.read_manifest(golden_dir)
-    return {name: e for name, e in manifest["files"].items()
-            if e["module"] == module and e.get("layout", "dense") == "dense"}
+    return {name: e for name, e in manifest["files"].items() if e["module"] == module}
 
 
-def modules(golden_dir: Path = GOLDEN_DIR) -> List[str]:
-    """The module names `check` accepts: those whose records take arrays (the dense modules)."""
+def modules() -> List[str]:
+    """The module names `check` accepts: the dense modules and the embedding modules with a
+    KeyedJaggedTensor (or dict of JaggedTensors) input."""
     from conformance.properties import modules as registered
 
-    return [m for m in registered() if _records(m) or _golden_files(m, golden_dir)]
+    return [m for m in registered() if _records(m)]
 
 
-def _module_name(module: str, golden_dir: Path) -> str:
-    valid = modules(golden_dir)
+def _module_name(module: str) -> str:
+    valid = modules()
     for name in valid:
         if name.lower() == str(module).lower():
             return name
-    from conformance.properties import modules as registered
-
-    if module in registered():
-        raise ValueError(f"module: {module!r} takes KeyedJaggedTensors, which check() does not run; expected "
-                         f"one of {valid} (verify it from the golden files instead, docs/golden_format.md)")
     raise ValueError(f"module: expected one of {valid}, got {module!r}")
 
 
@@ -494,7 +634,7 @@ def check(module: str, impl: Any, adapter: Optional[Adapter] = None, properties:
     ("forward_leading_dims", "golden[CrossNet]"); default every kind that runs in `dtype`.
     """
     golden_dir = Path(golden_dir) if golden_dir is not None else GOLDEN_DIR
-    name = _module_name(module, golden_dir)
+    name = _module_name(module)
     dtype_name = _dtype_name(dtype)
     adapter = adapter or Adapter()
     if not isinstance(adapter, Adapter):
@@ -568,7 +708,8 @@ def _record_row(record: Record, run: _Run, dtype_name: str, label: str) -> Row:
         row.detail = "a plain callable has no autograd: gradients are checked on torch modules"
         return row
     tol = record.tolerance or (tolerances.forward32() if record.kind == "forward_f32" else tolerances.forward64(1))
-    return _fill(row, lambda: _KIND_CHECKS[record.kind](record, run), tol)
+    kinds = _JAGGED_CHECKS if record.module in JAGGED else _KIND_CHECKS
+    return _fill(row, lambda: kinds[record.kind](record, run), tol)
 
 
 def _golden_row(module: str, prop: str, file: str, entry: Dict[str, Any], run: _Run, dtype_name: str,

@@ -14,6 +14,7 @@ from conformance.runner import FAIL, GOLDEN_DIR, PASS, SKIP
 
 DENSE = ["SwishLayerNorm", "Perceptron", "MLP", "CrossNet", "LowRankCrossNet", "VectorCrossNet",
          "LowRankMixtureCrossNet", "FactorizationMachine", "DeepFM"]
+JAGGED = ["EmbeddingBagCollection", "EmbeddingCollection", "PositionWeightedModule", "PositionWeightedProcessor"]
 
 
 # --- implementations written from the formulas, in NumPy -------------------------------------------
@@ -263,16 +264,16 @@ def test_golden_rows_skip_under_float32():
     assert result.rows[0].status == SKIP and "float64" in result.rows[0].detail and not result.ok
 
 
-def test_modules_lists_the_dense_modules():
-    assert api.modules() == DENSE
+def test_modules_lists_the_dense_and_jagged_modules():
+    assert api.modules() == DENSE + JAGGED
 
 
 # --- bad arguments ---------------------------------------------------------------------------------
 def test_unknown_module_lists_the_valid_names():
-    with pytest.raises(ValueError, match=r"module: expected one of \['SwishLayerNorm', .*'DeepFM'\], got 'CrossNett'"):
+    with pytest.raises(ValueError, match=r"module: expected one of \['SwishLayerNorm', .*'DeepFM', .*\], got 'CrossNett'"):
         conformance.check(module="CrossNett", impl=crossnet)
-    with pytest.raises(ValueError, match=r"module: 'EmbeddingBagCollection' takes KeyedJaggedTensors.*golden_format"):
-        conformance.check(module="EmbeddingBagCollection", impl=crossnet)
+    with pytest.raises(ValueError, match=r"module: expected one of \[.*'PositionWeightedProcessor'\], got 'EmbeddingTower'"):
+        conformance.check(module="EmbeddingTower", impl=crossnet)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -310,3 +311,76 @@ def test_torchrec_crossnet_passes_in_float32():
     torchrec = pytest.importorskip("torchrec", reason="TorchRec is the oracle where installed; CI runs without it")
     result = conformance.check(module="CrossNet", impl=torchrec.modules.crossnet.CrossNet, dtype="float32")
     assert result.ok, result.report()
+
+
+# --- jagged inputs: an EmbeddingBagCollection in NumPy --------------------------------------------
+def embedding_bag_collection(params, kjt, config, pooling=None):
+    """out[b, slot] = sum_j w_j W_t[i_j] over bag b of the slot's feature (SUM), or that over the bag's
+    length (MEAN); zeros for an empty bag; slots in table, then feature order."""
+    keys, B = kjt["keys"], kjt["stride"]
+    offsets = np.concatenate([[0], np.cumsum(kjt["lengths"])])
+    weighted = config["kwargs"].get("is_weighted", False)
+    columns = []
+    for table in config["args"][0]:
+        W = params[f"embedding_bags.{table['kwargs']['name']}.weight"]
+        mode = pooling or table["kwargs"].get("pooling", "SUM")
+        for feature in table["kwargs"]["feature_names"]:
+            k = keys.index(feature)
+            pooled = np.zeros((B, W.shape[1]))
+            for b in range(B):
+                bag = slice(offsets[k * B + b], offsets[k * B + b + 1])
+                rows = W[kjt["values"][bag]]
+                if weighted:
+                    rows = rows * kjt["weights"][bag][:, None]
+                pooled[b] = rows.sum(axis=0)
+                if mode == "MEAN" and len(rows):
+                    pooled[b] /= len(rows)
+            columns.append(pooled)
+    return {"out": np.concatenate(columns, axis=1)}
+
+
+def test_numpy_embedding_bag_collection_passes_forward_and_golden():
+    result = conformance.check(module="EmbeddingBagCollection", impl=embedding_bag_collection)
+    assert result.ok, result.report()
+    assert [r.property for r in result.rows] == ["forward", "golden[EmbeddingBagCollection]",
+                                                 "golden[EmbeddingBagCollection_weighted]"]
+    assert result.rows[0].cases == 20
+
+
+def test_mean_pooling_everywhere_fails():
+    def mean_everywhere(params, kjt, config):
+        return embedding_bag_collection(params, kjt, config, pooling="MEAN")
+
+    result = conformance.check(module="EmbeddingBagCollection", impl=mean_everywhere)
+    forward = result.rows[0]
+    assert forward.status == FAIL and "out[" in forward.detail and "got " in forward.detail
+    assert [r.status for r in result.rows[1:]] == [FAIL, FAIL]
+
+
+def test_jagged_output_names_are_checked():
+    def misnamed(params, kjt, config):
+        return {"pooled": embedding_bag_collection(params, kjt, config)["out"]}
+
+    row = conformance.check(module="EmbeddingBagCollection", impl=misnamed, properties=["golden"]).rows[0]
+    assert row.status == FAIL and "missing from the implementation's outputs (expected ['out'])" in row.detail
+
+    row = conformance.check(module="EmbeddingBagCollection", impl=lambda p, k: np.zeros(3), properties=["forward"]).rows[0]
+    assert row.status == FAIL and "output: expected a dict of named arrays" in row.detail
+
+
+def test_torch_embedding_modules_get_a_kjt_and_their_gradients_are_checked():
+    import accel
+
+    result = conformance.check(module="EmbeddingBagCollection", impl=accel.EmbeddingBagCollection,
+                               properties=["golden[EmbeddingBagCollection_weighted]"])
+    assert result.ok, result.report()
+
+    class Halved(accel.PositionWeightedModule):  # position weights read at half their value
+        def forward(self, features):
+            out = super().forward(features)
+            return {k: jt if jt.weights_or_none() is None else
+                    type(jt)(values=jt.values(), weights=0.5 * jt.weights(), lengths=jt.lengths())
+                    for k, jt in out.items()}
+
+    rows = conformance.check(module="PositionWeightedModule", impl=Halved).rows
+    assert [r.status for r in rows] == [FAIL, FAIL] and "weights[f" in rows[0].detail

@@ -97,7 +97,7 @@ class Adapter:
 
 
 @dataclass(frozen=True)
-class factory:  # noqa: N801 (used like a decorator: factory(make_crossnet))
+class factory:  # lower case: it reads as a call, factory(make_crossnet)
     """Marks a function that builds a module from a construction's arguments (like a class)."""
 
     fn: Callable[..., Any]
@@ -557,7 +557,7 @@ def _golden_jagged(errors: Errors, name: str, build: Build, bound: _Bound, array
         result = _guarded(errors, name, fwd, lambda: bound.gradients(b, G))
         if result is None:
             return
-        (keys, got), grads = result
+        (_, got), grads = result
         wanted = {k: v for k, v in expected.items() if k.startswith("grad ")}
         if "grad weights" not in wanted:  # the weights of an unweighted lookup have no gradient
             grads.pop("grad weights", None)
@@ -577,8 +577,7 @@ _JAGGED_CHECKS = {"forward": _jagged_forward}
 # --- the public entry point -------------------------------------------------------------------------
 def _records(module: str) -> List[Record]:
     """The module's records that check() runs: the generic dense kinds, and jagged forwards."""
-    from conformance.properties import RECORDS
-    from conformance.properties import embeddings_checks
+    from conformance.properties import RECORDS, embeddings_checks
 
     if module in JAGGED:
         return [r for r in RECORDS if r.module == module and r.check is embeddings_checks.check_forward]
@@ -721,4 +720,4 @@ def _golden_row(module: str, prop: str, file: str, entry: Dict[str, Any], run: _
     return _fill(row, lambda: _golden(file, entry, run, golden_dir), tolerances.forward64(entry["reduction"]))
 
 
-__all__: Sequence[str] = ("Adapter", "Result", "check", "factory", "modules", "StateMismatch")
+__all__: Sequence[str] = ("Adapter", "Result", "StateMismatch", "check", "factory", "modules")

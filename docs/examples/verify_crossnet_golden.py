@@ -5,7 +5,9 @@
 --perturb moves the bias out of the product, x_0 * (W_l x_l) + b_l + x_l, a subtly wrong CrossNet
 that this check must reject. Exits 0 when every CrossNet file agrees, 1 otherwise.
 """
-import hashlib, json, sys
+import hashlib
+import json
+import sys
 from pathlib import Path
 
 import numpy as np

@@ -10,10 +10,12 @@ counts and inverse, then a scatter-max of the window's iterations).
 
 The coalesce sorts the window with an LSD radix sort (mc_remap.radix_sort) on the ids' offsets from the window
 minimum (as many 11-bit digits as that range needs: 3 for ids spread over 10^9, 2 for a window of small ids),
-stable, carrying hl. A stable sort of a chronological window leaves each id's latest iteration last in its group, but the
-maximum is taken anyway, so an out-of-order window (a loaded state) coalesces the same way. One pass reads
-and writes the window once per digit, sequentially into 2048 buckets: at 6.5 million ids (eviction interval
-100 at 65,536 ids a batch) that is about 20 times faster than a comparison sort.
+stable, carrying hl's offsets from the window's earliest iteration; keys and payload are 32-bit whenever the
+offsets fit, which halves the traffic of every pass. A stable sort of a chronological window leaves each id's
+latest iteration last in its group, but the maximum is taken anyway, so an out-of-order window (a loaded
+state) coalesces the same way. One pass reads and writes the window once per digit, sequentially into 2048
+buckets: at 6.5 million ids (eviction interval 100 at 65,536 ids a batch) that is about 20 times faster than
+a comparison sort.
 """
 
 from __future__ import annotations
@@ -43,18 +45,27 @@ def _record_cpu(h, hl, p, v, cur, with_last):
 
 
 @_device.cpu_jit()
-def _coalesce_cpu(h, hl, with_last):
-    # Sort the window by id offset (radix), then one pass over the groups: first id, size, latest iteration.
+def _range_cpu(a):
+    # (min, max) of a non-empty array in one pass.
+    lo = a[0]
+    hi = a[0]
+    for x in a:
+        lo = min(lo, x)
+        hi = max(hi, x)
+    return lo, hi
+
+
+@_device.cpu_jit()
+def _coalesce_cpu(h, hl, with_last, lo, hl_lo, keys, payload):
+    # Sort the window by id offset from lo (radix; keys and payload given in the narrowest unsigned dtype
+    # that holds the offsets), then one pass over the groups: first id, size, latest iteration.
     n = h.shape[0]
-    lo = h[0]
-    for i in range(n):
-        if h[i] < lo:
-            lo = h[i]
-    keys = np.empty(n, np.uint64)
     for i in range(n):
         # Two's-complement difference: exact for any pair of int64 ids.
         keys[i] = np.uint64(h[i]) - np.uint64(lo)
-    payload = hl.copy() if with_last else np.empty(0, np.int64)
+    if with_last:
+        for i in range(n):
+            payload[i] = hl[i] - hl_lo
     keys, payload = radix_sort(keys, payload, with_last)
     u = np.empty(n, np.int64)
     c = np.empty(n, np.int64)
@@ -69,10 +80,10 @@ def _coalesce_cpu(h, hl, with_last):
             if with_last and payload[j] > latest:
                 latest = payload[j]
             j += 1
-        u[groups] = np.int64(k + np.uint64(lo))
+        u[groups] = np.int64(np.uint64(k) + np.uint64(lo))
         c[groups] = j - i
         if with_last:
-            la[groups] = latest
+            la[groups] = np.int64(latest) + hl_lo
         groups += 1
         i = j
     return u[:groups], c[:groups], la[:groups]
@@ -120,6 +131,13 @@ def coalesce(h: torch.Tensor, hl: Optional[torch.Tensor]) -> Tuple[torch.Tensor,
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty.clone(), None if hl is None else empty.clone()
     with_last = hl is not None
-    dummy = hl if with_last else h[:0]
-    u, c, la = _coalesce_cpu(h.contiguous().numpy(), dummy.contiguous().numpy(), with_last)
+    h_np = h.contiguous().numpy()
+    hl_np = hl.contiguous().numpy() if with_last else h_np[:0]
+    lo, hi = _range_cpu(h_np)
+    hl_lo, hl_hi = _range_cpu(hl_np) if with_last else (0, 0)
+    # 32-bit keys and payload when the offsets fit: half the memory traffic of every radix pass.
+    keys = np.empty(h_np.shape[0], np.uint32 if int(hi) - int(lo) < 2**32 else np.uint64)
+    narrow = with_last and int(hl_hi) - int(hl_lo) < 2**32
+    payload = np.empty(h_np.shape[0] if with_last else 0, np.uint32 if narrow or not with_last else np.uint64)
+    u, c, la = _coalesce_cpu(h_np, hl_np, with_last, lo, hl_lo, keys, payload)
     return torch.from_numpy(u), torch.from_numpy(c), torch.from_numpy(la) if with_last else None

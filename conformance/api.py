@@ -12,8 +12,8 @@ initialisation with every constant parameter replaced by seeded noise (a zero bi
 misplaced bias), handed to the implementation as a state dict under recspec's (TorchRec's) keys.
 What runs, by kind:
     forward      dtype float64: every `forward` record of the module
-    forward_f32  dtype float32, dense modules: every `forward_f32` record (the implementation's
-                 float32 error is at most 4 x a correct float32 result's, checks.check_forward_f32)
+    forward_f32  dtype float32: every `forward_f32` record (the implementation's float32 error is at
+                 most 4 x a correct float32 result's, checks.check_forward_f32)
     autograd     dtype float64, dense torch modules: gradients of the input and every parameter
     golden       dtype float64: each committed golden file of the module (outputs, and gradients
                  when the implementation has autograd); the format is docs/golden_format.md
@@ -72,7 +72,8 @@ class Adapter:
     params     the renamed state (NumPy arrays in the dtype) -> what a plain callable takes (jnp
                arrays, a pytree, one packed buffer)
     inputs     recspec's input (an array, or a list of arrays, batch first; torch tensors for a torch
-               module) -> the implementation's input (another layout, another array library)
+               module; jagged: `jagged_arrays`' dict, or accel's KeyedJaggedTensor for a torch module)
+               -> the implementation's input (another layout, another array library, another KJT type)
     outputs    the implementation's output -> recspec's layout, in the same array library (a torch
                tensor stays a tensor, so that autograd reaches it)
     """
@@ -469,14 +470,63 @@ def _forward_f32(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
             floor = np.full(ref64.shape, tolerances.floor32() * float(np.abs(ref64).max()))
             allowance = np.maximum.reduce([np.abs(own - ref64), floor]
                                           + [np.abs(m - ref64) for m in wobble.outputs(x32)])
-            err = np.abs(got.astype(np.float64) - ref64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratio = np.where(err == 0, 0.0, err / allowance)
-            ratio = np.where(np.isnan(ratio), np.inf, ratio)
-            index = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-            worst = Worst(label, "output", tuple(int(i) for i in index), float(got[index]), float(ref64[index]),
-                          float(ulps(got[index], ref64[index])), float(ratio[index]), tol)
-            errors.add_ratio(float(ratio[index]), worst, abs_err=float(err.max()))
+            _add_ratio(errors, label, "output", got, ref64, allowance, tol)
+    return errors, count, skipped
+
+
+def _add_ratio(errors: Errors, label: str, array: str, got: np.ndarray, ref64: np.ndarray, allowance: np.ndarray,
+               tol: tolerances.Tolerance) -> None:
+    """|got - ref64| / allowance elementwise, its largest value and element recorded in `errors`."""
+    got = np.asarray(got, dtype=np.float32)  # ULPs of a float32 result are float32 ULPs
+    err = np.abs(got.astype(np.float64) - ref64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(err == 0, 0.0, err / allowance)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    index = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    worst = Worst(label, array, tuple(int(i) for i in index), float(got[index]), float(ref64[index]),
+                  float(ulps(got[index], ref64[index])), float(ratio[index]), tol)
+    errors.add_ratio(float(ratio[index]), worst, abs_err=float(err.max()))
+
+
+def _jagged_forward_f32(record: Record, run: _Run) -> Tuple[Errors, int, List[str]]:
+    """embeddings_checks.check_forward_f32's rule on the float outputs: |got - ref64| <= K32 x
+    max(|refimpl32 - ref64|, FLOOR32_ULPS eps32 S), S the same lookup over |W| and |w|."""
+    from conformance.properties import embeddings_cases
+    from conformance.properties import embeddings_io as io
+
+    tol = record.tolerance or tolerances.forward32()
+    errors, count, skipped = Errors(), 0, []
+    for build in record.builds:
+        state = run.state(build, np.float32)
+        bound = run.bind(build, state, np.float32, skipped)
+        if bound is None:
+            continue
+        ref64, own32 = _reference(build, state), _reference(build, state, np.float32)
+        magnitude = _reference(build, {k: np.abs(v) for k, v in state.items()})
+        for name, b in embeddings_cases.cases(record.generator, build, run.seed):
+            count += 1
+            label = f"{build.name}/{name}"
+            b32 = b.with_weights(None if b.weights is None else b.weights.astype(np.float32).astype(np.float64))
+            got = _guarded(errors, label, tol, lambda: bound.forward(b32))
+            if got is None:
+                continue
+            keys, want = io.run(ref64, build, b32, "refimpl", np.float64)
+            if got[0] is not None and list(got[0]) != list(keys):
+                errors.fail(label, "output keys", f"keys {list(got[0])}, expected {list(keys)}", tol)
+                continue
+            _, own = io.run(own32, build, b32, "refimpl", np.float32)
+            absolute = b32.with_weights(None if b32.weights is None else np.abs(b32.weights))
+            _, scale = io.run(magnitude, build, absolute, "refimpl", np.float64)
+            for out in io.differentiable(want):
+                value = got[1].get(out)
+                if value is None or np.shape(value) != want[out].shape:
+                    note = "missing" if value is None else f"shape {np.shape(value)}, expected {want[out].shape}"
+                    errors.fail(label, out, note, tol)
+                elif want[out].size == 0:
+                    errors.add_ratio(0.0, None)
+                else:
+                    allowance = np.maximum(np.abs(own[out] - want[out]), tolerances.floor32() * np.abs(scale[out]))
+                    _add_ratio(errors, label, out, value, want[out], allowance, tol)
     return errors, count, skipped
 
 
@@ -571,16 +621,17 @@ def _golden_jagged(errors: Errors, name: str, build: Build, bound: _Bound, array
 
 
 _KIND_CHECKS = {"forward": _forward, "forward_f32": _forward_f32, "autograd": _autograd}
-_JAGGED_CHECKS = {"forward": _jagged_forward}
+_JAGGED_CHECKS = {"forward": _jagged_forward, "forward_f32": _jagged_forward_f32}
 
 
 # --- the public entry point -------------------------------------------------------------------------
 def _records(module: str) -> List[Record]:
-    """The module's records that check() runs: the generic dense kinds, and jagged forwards."""
+    """The module's records that check() runs: the generic dense kinds, and the jagged forwards."""
     from conformance.properties import RECORDS, embeddings_checks
 
     if module in JAGGED:
-        return [r for r in RECORDS if r.module == module and r.check is embeddings_checks.check_forward]
+        jagged = (embeddings_checks.check_forward, embeddings_checks.check_forward_f32)
+        return [r for r in RECORDS if r.module == module and r.check in jagged]
     return [r for r in RECORDS if r.module == module and _CHECKS.get(r.check) == r.kind]
 
 

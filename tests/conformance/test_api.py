@@ -390,3 +390,26 @@ def test_torch_embedding_modules_get_a_kjt_and_their_gradients_are_checked():
 
     rows = conformance.check(module="PositionWeightedModule", impl=Halved).rows
     assert [r.status for r in rows] == [FAIL, FAIL] and "weights[f" in rows[0].detail
+
+
+def test_float32_embedding_bag_collection_is_held_to_the_float32_rule():
+    def ebc32(params, kjt, config):
+        assert all(p.dtype == np.float32 for p in params.values())
+        return embedding_bag_collection(params, kjt, config)
+
+    result = conformance.check(module="EmbeddingBagCollection", impl=ebc32, dtype="float32")
+    assert [(r.property, r.status, r.unit) for r in result.rows] == [("forward_f32", PASS, "ratio")]
+
+    def ebc16(params, kjt, config):  # tables stored in float16: far more error than float32 allows
+        return embedding_bag_collection({k: v.astype(np.float16) for k, v in params.items()}, kjt, config)
+
+    row = conformance.check(module="EmbeddingBagCollection", impl=ebc16, dtype="float32").rows[0]
+    assert row.status == FAIL and row.max_err > 4 and "out[" in row.detail
+
+
+def test_torch_embedding_modules_in_float32():
+    import accel
+
+    for name in JAGGED:
+        result = conformance.check(module=name, impl=getattr(accel, name), dtype=torch.float32)
+        assert result.ok and [r.property for r in result.rows] == ["forward_f32"], result.report()

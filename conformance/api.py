@@ -336,6 +336,7 @@ class _Run:
     adapter: Adapter
     seed: int
     device: str
+    golden_dir: Path = GOLDEN_DIR
 
     def state(self, build: Build, dtype: Any = np.float64) -> Dict[str, np.ndarray]:
         """refimpl's seeded parameters, constants replaced by noise, rounded once to `dtype`."""
@@ -702,7 +703,7 @@ def check(module: str, impl: Any, adapter: Optional[Adapter] = None, properties:
     if not (callable(impl) or _is_module(impl)):
         raise TypeError(f"impl: expected a torch nn.Module class or instance, factory(fn) or a callable "
                         f"(params, inputs) -> outputs, got {type(impl).__name__}")
-    run = _Run(impl, adapter, seed, device)
+    run = _Run(impl, adapter, seed, device, golden_dir)
     label = _impl_name(impl)
     result = Result(name)
     for record in records:
@@ -715,13 +716,18 @@ def check(module: str, impl: Any, adapter: Optional[Adapter] = None, properties:
     return result
 
 
-def _repro(module: str, prop: str, label: str, dtype_name: str) -> str:
-    return f"conformance.check(module={module!r}, impl={label}, properties=[{prop!r}], dtype='{dtype_name}')"
+def _repro(module: str, prop: str, label: str, dtype_name: str, run: _Run) -> str:
+    """The call that reruns one property: the same module, implementation, dtype, seed and device."""
+    extra = "" if run.seed == 0 else f", seed={run.seed}"
+    extra += "" if run.device == "cpu" else f", device={run.device!r}"
+    extra += "" if run.golden_dir == GOLDEN_DIR else f", golden_dir={str(run.golden_dir)!r}"
+    return (f"conformance.check(module={module!r}, impl={label}, properties=[{prop!r}], "
+            f"dtype='{dtype_name}'{extra})")
 
 
 def _row(module: str, prop: str, kind: str, run: _Run, label: str, dtype_name: str) -> Row:
     row = Row(module, prop, kind, run.device, label, 0, math.nan, math.nan, "", math.nan, SKIP,
-              repro=_repro(module, prop, label, dtype_name))
+              repro=_repro(module, prop, label, dtype_name, run))
     if hasattr(row, "id"):
         row.id = f"{module}/{prop}"
     return row

@@ -303,8 +303,9 @@ def test_golden_dir_is_checked_before_use(tmp_path):
     arrays = store.read_npz(golden / "CrossNet.npz")
     arrays["output"] = arrays["output"] + 1.0
     store.write_npz(golden / "CrossNet.npz", arrays)
-    row = conformance.check(module="CrossNet", impl=crossnet, properties=["golden"], golden_dir=golden).rows[0]
+    row = conformance.check(module="CrossNet", impl=crossnet, properties=["golden"], golden_dir=golden, seed=3).rows[0]
     assert row.status == FAIL and "sha256 expected" in row.detail
+    assert row.repro.endswith(f"dtype='float64', seed=3, golden_dir={str(golden)!r})")
     manifest = json.loads((golden / "manifest.json").read_text())
     manifest["schema"] = "recspec-golden/2"
     (golden / "manifest.json").write_text(json.dumps(manifest))

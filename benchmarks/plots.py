@@ -127,9 +127,9 @@ def markdown_snippet(paths: Sequence[Path], images: Sequence[Path], docs_dir: Pa
 
     inside = all(not rel(p).startswith("..") for p in paths)
     sources = ", ".join(f"[`{p.name}`]({rel(p)})" if inside else f"`{p.name}`" for p in paths)
-    lines = ["## Plots", "",
-             f"{title}. Each bar is the lowest median of that provider and measurement over the runs "
-             f"{sources} (`python -m benchmarks dense --json` output); regenerate with `{command}`.", ""]
+    text = (f"{title}. Each bar is the lowest median of that provider and measurement over the runs "
+            f"{sources} (`python -m benchmarks dense --json` output); regenerate with `{command}`.")
+    lines = ["## Plots", "", text, ""]
     lines += [f"![{img.stem}]({rel(img)})" + "\n" for img in images]
     return "\n".join(lines)
 
@@ -149,7 +149,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not cells:
         raise ValueError(f"runs: expected at least one row with status 'ok', got none in {[str(p) for p in args.runs]}")
     revisions = sorted({str(r["machine"].get("recspec", "?")) for r in runs})
-    title = args.title or f"Dense modules, batch {runs[0].get('settings', {}).get('batch', '?')}, recspec {', '.join(revisions)}"
+    batch = runs[0].get("settings", {}).get("batch", "?")
+    title = args.title or f"Dense modules, batch {batch}, recspec {', '.join(revisions)}"
     args.out.mkdir(parents=True, exist_ok=True)
     images = [args.out / f"{args.prefix}-times.png", args.out / f"{args.prefix}-speedup.png"]
     plot_times(cases, cells, images[0], title)

@@ -24,7 +24,8 @@ def load_rows(path: Path) -> List[Dict[str, object]]:
     """The rows of one run, checked to be `python -m conformance --json` output."""
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of rows (python -m conformance --json), got {type(rows).__name__}")
+        raise ValueError(f"{path}: expected a JSON list of rows (python -m conformance --json), "
+                         f"got {type(rows).__name__}")
     for i, row in enumerate(rows):
         missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
         if missing:
@@ -87,7 +88,8 @@ def render(runs: Sequence[Dict[str, object]], revision: Optional[str] = None) ->
     if not failures:
         out.append("None.")
     for r in failures:
-        out.append(f"- **{_cell(r['module'])} / {_cell(r['property'])}** ({_cell(r['device'])}): {_cell(r.get('detail'))}")
+        name = f"{_cell(r['module'])} / {_cell(r['property'])}"
+        out.append(f"- **{name}** ({_cell(r['device'])}): {_cell(r.get('detail'))}")
         worst = r.get("worst")
         if isinstance(worst, dict):
             shown = [f"{key} {_cell(value)}" for key, value in worst.items() if value not in (None, "")]

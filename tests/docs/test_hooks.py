@@ -102,7 +102,8 @@ def test_insert_plots_at_the_marker_or_at_the_end(tmp_path, monkeypatch):
     snippet = tmp_path / "plots.md"
     snippet.write_text("## Plots\n\n![p](img/p.png)\n")
     monkeypatch.setattr(hooks, "PLOTS_SNIPPET", snippet)
-    assert hooks.insert_plots("# B\n\n<!-- benchmark-plots -->\n\n## GPU\n") == "# B\n\n## Plots\n\n![p](img/p.png)\n\n\n## GPU\n"
+    marked = hooks.insert_plots("# B\n\n<!-- benchmark-plots -->\n\n## GPU\n")
+    assert marked == "# B\n\n## Plots\n\n![p](img/p.png)\n\n\n## GPU\n"
     assert hooks.insert_plots("# B\n\ntext\n") == "# B\n\ntext\n\n## Plots\n\n![p](img/p.png)\n"
 
 

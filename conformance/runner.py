@@ -214,6 +214,8 @@ def _with_float32_reference(record: Record, ctx: Context, worst: Worst) -> Worst
 
 
 def _float32_reference(record: Record, ctx: Context, worst: Worst) -> Optional[float]:
+    """refimpl-float32 at `worst`'s element: the worst case rebuilt as the dense or embedding
+    float32 check builds it (same seed, so the same state and inputs); None for another check."""
     import numpy as np
 
     from conformance import adapters, checks, generators

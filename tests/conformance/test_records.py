@@ -93,3 +93,21 @@ def test_build_knows_list_inputs():
     assert Build("FactorizationMachine", in_shape=((2, 3), (4,))).takes_list
     assert not Build("CrossNet", (5, 2), in_shape=(5,)).takes_list
     assert Build("CrossNet", label="N=5").name == "N=5" and Build("CrossNet").name == "CrossNet"
+
+
+def test_short_id_is_the_first_eight_hex_digits_of_the_ids_sha1():
+    import hashlib
+
+    from conformance.records import short_id
+
+    expected = hashlib.sha1(b"CrossNet/forward").hexdigest()[:8]
+    assert short_id("CrossNet/forward") == expected
+    record = _record(property="forward")
+    assert record.id == "CrossNet/forward"
+    assert record.short_id == expected and len(expected) == 8 and int(expected, 16) >= 0
+
+
+def test_registered_ids_and_short_ids_are_unique():
+    ids = [r.id for r in RECORDS]
+    shorts = [r.short_id for r in RECORDS]
+    assert len(set(ids)) == len(ids) and len(set(shorts)) == len(shorts)

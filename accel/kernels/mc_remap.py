@@ -16,10 +16,11 @@ them DRAM misses (measured 230 ns an id on the 2-core machine, two threads). A b
 _SORTED_REMAP_MIN ids is instead sorted (a stable LSD radix sort of the ids' offsets from the batch minimum,
 carrying the positions) and walked in ascending order: each distinct id is found by a galloping search from
 the previous one's slot, so consecutive searches stay in nearby cache lines, and repeated ids (a Zipf batch
-of 65,536 ids holds about 24,000 distinct ones) are searched once; the sorted ids are split into one run per
-thread. The slot found is the same either way. Measured on the 2-core machine against a full 10^6-slot
-table with a Zipf(1.1) batch of 65,536 ids: 3.0 ms on one thread, against 8.5 ms for the per-id search
-and 11 ms for NumPy's searchsorted.
+of 65,536 ids holds about 24,000 distinct ones) are searched once. The slot found is the same either way.
+Measured on the 2-core machine against a full 10^6-slot table with a Zipf(1.1) batch of 65,536 ids: 2.4 ms
+(0.5 of them the sort), against 8.5 ms for the per-id search and 11 ms for NumPy's searchsorted. It runs on
+one thread: split over the two (one run of sorted ids each) it took 1.5 ms on a quiet machine, but with other
+programs busy every parallel region waited for a descheduled worker, 16 to 24 ms a call.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from numba import prange
 from accel.kernels import _device
 
 # Bound by _cuda_kernels() on the first CUDA launch (the simulator swaps `cuda` for its fake module).
@@ -139,10 +139,11 @@ def _remap_each_cpu(raw, mapping, values, miss, out):
         out[j] = mapping[pos] if raw[pos] == v else miss
 
 
-@_device.cpu_jit(parallel=True)
+@_device.cpu_jit()
 def _remap_sorted_cpu(raw, mapping, values, miss, out, chunks):
-    # Sort the ids (radix, carrying positions), then walk them ascending with galloping searches: one
-    # contiguous run of the sorted ids per thread, each run galloping from its own first search.
+    # Sort the ids (radix, carrying positions), then walk them ascending with galloping searches, in
+    # `chunks` contiguous runs of the sorted ids, each galloping from its own first search (one thread: see
+    # the module docstring).
     n = values.shape[0]
     lo = values[0]
     for j in range(n):
@@ -156,7 +157,7 @@ def _remap_sorted_cpu(raw, mapping, values, miss, out, chunks):
         where[j] = j
     keys, where = radix_sort(keys, where, True)
     n_search = raw.shape[0] - 1
-    for c in prange(chunks):
+    for c in range(chunks):
         q0 = n * c // chunks
         q1 = n * (c + 1) // chunks
         pos = 0
@@ -255,7 +256,7 @@ def remap_ids(raw: torch.Tensor, mapping: torch.Tensor, values: torch.Tensor, mi
         return out
     args = (raw.numpy(), mapping.numpy(), values.numpy(), np.int64(miss), out.numpy())
     if values.numel() >= _SORTED_REMAP_MIN:
-        _remap_sorted_cpu(*args, _device.cpu_kernel_chunks(values.numel()))
+        _remap_sorted_cpu(*args, 1)
     else:
         _remap_each_cpu(*args)
     return out

@@ -414,3 +414,18 @@ def test_torch_embedding_modules_in_float32():
     for name in JAGGED:
         result = conformance.check(module=name, impl=getattr(accel, name), dtype=torch.float32)
         assert result.ok and [r.property for r in result.rows] == ["forward_f32"], result.report()
+
+
+def test_the_package_exports_the_api_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, conformance; names = sorted(n for n in dir(conformance) if not n.startswith('_')); "
+            "print(names, 'torch' in sys.modules, conformance.check is conformance.api.check)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    names, torch_loaded, same = done.stdout.rsplit(" ", 2)
+    assert all(n in names for n in ("'Adapter'", "'Result'", "'check'", "'factory'"))
+    assert (torch_loaded, same.strip()) == ("False", "True")
+    with pytest.raises(AttributeError, match=r"module 'conformance' has no attribute 'chek'"):
+        conformance.chek  # noqa: B018 (the attribute access is the test)

@@ -63,7 +63,7 @@ def _list(args: argparse.Namespace) -> int:
             names = ", ".join(coverage.public_items())
             print(f"error: --module expected a public name ({names}), got {args.module!r}", file=sys.stderr)
             return 2
-    print(coverage.format_matrix(items))
+    print(coverage.format_matrix(items, coverage.outside() if args.module is None else None))
     if args.json is not None:
         args.json.write_text(coverage.to_json(items), encoding="utf-8")
     return 1 if coverage.holes(items) or coverage.stale_exemptions(coverage.matrix()) else 0

@@ -181,6 +181,21 @@ def matrix(records: Optional[Sequence[Record]] = None, golden: Optional[Sequence
     return list(items.values())
 
 
+def outside(records: Optional[Sequence[Record]] = None) -> Dict[str, int]:
+    """Record modules that are not public names (a module-level helper such as
+    mc_embedding_modules.evict): counted, listed by --list, never a failure."""
+    if records is None:
+        from conformance.properties import RECORDS
+
+        records = RECORDS
+    public = public_items()
+    out: Dict[str, int] = {}
+    for r in records:
+        if r.module not in public:
+            out[r.module] = out.get(r.module, 0) + 1
+    return out
+
+
 def holes(items: Sequence[Item]) -> List[str]:
     return [i.name for i in items if i.status == "HOLE"]
 
@@ -202,9 +217,10 @@ def stale_exemptions(items: Sequence[Item]) -> List[str]:
     return out
 
 
-def format_matrix(items: Sequence[Item]) -> str:
+def format_matrix(items: Sequence[Item], others: Optional[Dict[str, int]] = None) -> str:
     """Text: one line per (item, kind) with record counts per package/device, the exempt items
-    with their reasons, then the holes and stale exemptions (if any) and a summary."""
+    with their reasons, the records of non-public names (`others`, see `outside`), then the holes
+    and stale exemptions (if any) and a summary."""
     heads = [f"{p}/{d}" for p, d in CELLS]
     rows: List[Tuple[str, ...]] = []
     for item in items:
@@ -233,6 +249,10 @@ def format_matrix(items: Sequence[Item]) -> str:
         for i in exempt:
             via = f" [via {', '.join(i.exemption.via)}]" if i.exemption and i.exemption.via else ""
             out.append(f"  {i.name}: {i.exemption.reason if i.exemption else ''}{via}")
+    if others:
+        out.append("")
+        out.append("records of names outside refimpl's and accel's exports: "
+                   + ", ".join(f"{name} ({n})" for name, n in others.items()))
     problems = [f"HOLE {name}: no record and no golden file; add a record or a reasoned exemption in "
                 f"conformance/coverage.py" for name in holes(items)]
     problems += [f"STALE {text}" for text in stale_exemptions(items)]

@@ -113,3 +113,12 @@ def test_golden_builds_are_counted_per_module():
     counted = {i.name: len(i.golden_files) for i in coverage.matrix()}
     for build in GOLDEN:
         assert counted[build.module] >= 1
+
+
+def test_records_of_non_public_names_are_listed_not_counted():
+    check = RECORDS[0].check
+    helper = Record("evict_helper", "p", "invariant", "none", (), check, "a test record")
+    assert coverage.outside([helper, RECORDS[0]]) == {"evict_helper": 1}
+    assert "evict_helper" not in {i.name for i in coverage.matrix([helper], [])}
+    text = coverage.format_matrix(coverage.matrix([helper], []), {"evict_helper": 1})
+    assert "records of names outside refimpl's and accel's exports: evict_helper (1)" in text

@@ -53,65 +53,69 @@ _COUNTING_SORT_FLOOR = 1 << 16
 
 
 @_device.cpu_jit()
-def _frequency_order(c):
-    # Stable descending order of c (c >= 1): a counting sort when the counts are small, else a merge sort.
+def _frequency_scatter(ids, c, la):
+    # (ids, c, la) in stable descending order of c (c >= 1). A counting sort when the counts are small: each
+    # entry is written at its count's next place, so the writes go to a few sequential streams (one per
+    # distinct count) instead of gathering at random. Else a merge sort and a gather.
     n = c.shape[0]
     top = 0
     for i in range(n):
         if c[i] > top:
             top = c[i]
     if top > _COUNTING_SORT_SLACK * n + _COUNTING_SORT_FLOOR or n == 0:
-        return np.argsort(-c, kind="mergesort")
+        o = np.argsort(-c, kind="mergesort")
+        return ids[o], c[o], la[o]
     start = np.zeros(top + 2, np.int64)
     for i in range(n):
         start[top - c[i] + 1] += 1
     for b in range(1, top + 2):
         start[b] += start[b - 1]
-    o = np.empty(n, np.int64)
+    out_ids = np.empty(n, np.int64)
+    out_c = np.empty(n, np.int64)
+    out_la = np.empty(n, np.int64)
     for i in range(n):
         b = top - c[i]
-        o[start[b]] = i
-        start[b] += 1
-    return o
+        at = start[b]
+        out_ids[at] = ids[i]
+        out_c[at] = c[i]
+        out_la[at] = la[i]
+        start[b] = at + 1
+    return out_ids, out_c, out_la
 
 
 @_device.cpu_jit()
 def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last):
-    # Steps 5-9: frequency order, matching against raw[0 : Z - 1], metadata of the matched ids, candidates in
-    # frequency order, sentinel pinned. Returns (n_ids, n_c, n_la), all of length m.
-    o = _frequency_order(c)
-    n = o.shape[0]
+    # Steps 5-9: matching against raw[0 : Z - 1], metadata of the matched ids, the candidates in frequency
+    # order, the sentinel pinned. Returns (n_ids, n_c, n_la), all of length m. Everything runs in u's order
+    # (ascending, as the coalesce leaves it: each search gallops on from the last); the metadata updates do
+    # not depend on the order, and a stable sort by count of the unmatched ids in u's order is exactly the
+    # unmatched part of the frequency order.
+    n = u.shape[0]
     Z = raw.shape[0]
-    # Matching in u's order, ascending as the coalesce leaves it: each search gallops on from the last.
-    found = np.empty(n, np.int64)
+    cand_ids = np.empty(n, np.int64)
+    cand_c = np.empty(n, np.int64)
+    cand_la = np.empty(n, np.int64)
+    m = 0
     pos = 0
     for j in range(n):
-        start = pos if j > 0 and u[j] >= u[j - 1] else 0
-        pos = gallop(raw, Z - 1, start, u[j])
-        found[j] = pos
-    n_ids = np.empty(n, np.int64)
-    n_c = np.empty(n, np.int64)
-    n_la = np.empty(n, np.int64)
-    m = 0
-    for k in range(n):
-        j = o[k]
         v = u[j]
-        pos = found[j]
+        start = pos if j > 0 and v >= u[j - 1] else 0
+        pos = gallop(raw, Z - 1, start, v)
         if raw[pos] == v:
             if has_counts:
                 counts[pos] += c[j]
             if has_last:
                 last[pos] = la[j]
         else:
-            n_ids[m] = v
-            n_c[m] = c[j]
-            n_la[m] = la[j] if has_last else 0
+            cand_ids[m] = v
+            cand_c[m] = c[j]
+            cand_la[m] = la[j] if has_last else 0
             m += 1
     if has_counts:
         counts[Z - 1] = MAX_ID
     if has_last:
         last[Z - 1] = cur
-    return n_ids[:m], n_c[:m], n_la[:m]
+    return _frequency_scatter(cand_ids[:m], cand_c[:m], cand_la[:m])
 
 
 # Scores as uint64 keys that sort like torch.sort sorts the scores (NaN above +inf, -0.0 equal to 0.0): int64

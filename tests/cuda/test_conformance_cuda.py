@@ -140,7 +140,8 @@ def test_simulator_rows_repeat_with_the_simulator_switched_on(backend):
     record = next(r for r in RECORDS if r.id == "PositionWeightedModule/forward")
     row = run_record(record, Context.for_device("cuda"))
     prefix = "NUMBA_ENABLE_CUDASIM=1 " if backend == "simulator" else ""
-    assert row.repro == f"{prefix}python -m conformance --module PositionWeightedModule --property 'forward' --device cuda"
+    assert row.repro.startswith(f"{prefix}python -m conformance ")
+    assert "PositionWeightedModule" in row.repro and row.repro.endswith(" --device cuda")
 
 
 def test_a_simulator_context_keeps_its_tensors_on_the_cpu():

@@ -8,7 +8,7 @@ EmbeddingBagCollection / EmbeddingCollection, and the rows whose slots changed o
 recspec departures from TorchRec 1.8 (docs/managed_collision.md):
   * `evict` re-initialises the rows of the evicted output ids with the table's init (the intent
     TorchRec documents; TorchRec's evict is a no-op that leaves the previous owner's row in place).
-    `evict_as_torchrec` is the no-op, and the wrappers take `reset_evicted_rows=False` to use it.
+    `evict_as_torchrec` is the no-op, and the wrappers take `reinitialize_evicted_rows=False` to use it.
   * the wrappers accept an embedding module and a collection whose configs are equal by value
     (name, num_embeddings, embedding_dim, feature_names, pooling, data_type), not only the same objects.
 """
@@ -137,8 +137,8 @@ class BaseManagedCollisionEmbeddingCollection(TrainingMode, Module):
     evict(mcc.evict(), embedding_module)
 
     The evictions of every table are consumed by each forward (a later mcc.evict() returns None) and
-    their rows re-initialised (reset_evicted_rows=True, from `rng`; the embedding module's generator
-    when None) or left as they are (reset_evicted_rows=False, TorchRec's no-op).
+    their rows re-initialised (reinitialize_evicted_rows=True, from `rng`; the embedding module's generator
+    when None) or left as they are (reinitialize_evicted_rows=False, TorchRec's no-op).
     State: `_managed_collision_collection._managed_collision_modules.<t>.*`, then the embedding
     module's under `_embedding_module.`. Source: semantics.md 12. allow_in_place_embed_weight_update
     is kept for TorchRec's signature: refimpl always updates rows in place.
@@ -153,7 +153,7 @@ class BaseManagedCollisionEmbeddingCollection(TrainingMode, Module):
         return_remapped_features: bool = False,
         allow_in_place_embed_weight_update: bool = False,
         *,
-        reset_evicted_rows: bool = True,
+        reinitialize_evicted_rows: bool = True,
         rng: Optional[np.random.Generator] = None,
     ) -> None:
         super().__init__(np.float64)
@@ -181,7 +181,7 @@ class BaseManagedCollisionEmbeddingCollection(TrainingMode, Module):
         self._embedding_module = embedding_module
         self._return_remapped_features = bool(return_remapped_features)
         self._allow_in_place_embed_weight_update = bool(allow_in_place_embed_weight_update)
-        self._reset_evicted_rows = bool(reset_evicted_rows)
+        self._reinitialize_evicted_rows = bool(reinitialize_evicted_rows)
         if rng is None:
             rng = getattr(embedding_module, "_rng", None)
         self._rng = np.random.default_rng() if rng is None else rng
@@ -199,12 +199,13 @@ class BaseManagedCollisionEmbeddingCollection(TrainingMode, Module):
                 "got a KJT without weights"
             )
         remapped = self._managed_collision_collection(kjt, mutate_miss_lengths=mutate_miss_lengths)
-        emb = self._embedding_module(remapped)
         evictions = self._managed_collision_collection.evict()
-        if self._reset_evicted_rows:
+        # Before the lookup, so that an id admitted in this step reads its fresh row, not its predecessor's.
+        if self._reinitialize_evicted_rows:
             evict(evictions, self._embedding_module, self._rng)
         else:
             evict_as_torchrec(evictions, self._embedding_module)
+        emb = self._embedding_module(remapped)
         return emb, (remapped if self._return_remapped_features else None)
 
     def lookup_remapped_lengths_mask(self, features: Any) -> Array:
@@ -232,7 +233,7 @@ class ManagedCollisionEmbeddingBagCollection(BaseManagedCollisionEmbeddingCollec
         return_remapped_features: bool = False,
         allow_in_place_embed_weight_update: bool = False,
         *,
-        reset_evicted_rows: bool = True,
+        reinitialize_evicted_rows: bool = True,
         rng: Optional[np.random.Generator] = None,
     ) -> None:
         if not isinstance(embedding_bag_collection, EmbeddingBagCollection):
@@ -242,7 +243,7 @@ class ManagedCollisionEmbeddingBagCollection(BaseManagedCollisionEmbeddingCollec
             )
         super().__init__(
             embedding_bag_collection, managed_collision_collection, return_remapped_features,
-            allow_in_place_embed_weight_update, reset_evicted_rows=reset_evicted_rows, rng=rng,
+            allow_in_place_embed_weight_update, reinitialize_evicted_rows=reinitialize_evicted_rows, rng=rng,
         )
 
     @property
@@ -262,7 +263,7 @@ class ManagedCollisionEmbeddingCollection(BaseManagedCollisionEmbeddingCollectio
         return_remapped_features: bool = False,
         allow_in_place_embed_weight_update: bool = False,
         *,
-        reset_evicted_rows: bool = True,
+        reinitialize_evicted_rows: bool = True,
         rng: Optional[np.random.Generator] = None,
     ) -> None:
         if not isinstance(embedding_collection, EmbeddingCollection):
@@ -272,7 +273,7 @@ class ManagedCollisionEmbeddingCollection(BaseManagedCollisionEmbeddingCollectio
             )
         super().__init__(
             embedding_collection, managed_collision_collection, return_remapped_features,
-            allow_in_place_embed_weight_update, reset_evicted_rows=reset_evicted_rows, rng=rng,
+            allow_in_place_embed_weight_update, reinitialize_evicted_rows=reinitialize_evicted_rows, rng=rng,
         )
 
     @property

@@ -50,7 +50,7 @@ def _mc_ebc(reset=True, seed=5, **kwargs):
     configs = _configs()
     ebc = EmbeddingBagCollection(configs, rng=np.random.default_rng(0))
     return ManagedCollisionEmbeddingBagCollection(ebc, _mcc(configs), return_remapped_features=True,
-                                                  reset_evicted_rows=reset, rng=np.random.default_rng(seed), **kwargs)
+                                                  reinitialize_evicted_rows=reset, rng=np.random.default_rng(seed), **kwargs)
 
 
 def _kjt(f1_start, f2_start=1010, f3_start=1020):
@@ -98,8 +98,8 @@ def test_remapped_ids_follow_torchrec_test():
 def test_embeddings_are_a_plain_lookup_of_the_remapped_ids():
     m = _mc_ebc()
     m(_kjt(1000))
-    W = _weight(m).copy()  # the lookup of call 2 reads the table before its evictions re-initialise rows
     emb, remapped = m(_kjt(1000))
+    W = _weight(m)  # call 2 re-initialises its evicted rows before the lookup reads them
     assert emb.keys() == ["f1", "f2"]
     np.testing.assert_allclose(emb["f1"], _pooled_by_loops(W, remapped["f1"].values(), [6, 4]), rtol=1e-15)
     np.testing.assert_allclose(emb["f2"], _pooled_by_loops(W, remapped["f2"].values(), [6, 4]), rtol=1e-15)
@@ -179,8 +179,8 @@ def test_embedding_collection_variant():
     ec = EmbeddingCollection(configs, rng=np.random.default_rng(1))
     m = ManagedCollisionEmbeddingCollection(ec, _mcc(configs, LFU_EvictionPolicy(), I=1), return_remapped_features=True,
                                             rng=np.random.default_rng(2))
-    W = m.state_dict()["_embedding_module.embeddings.t1.weight"].copy()
     emb, remapped = m(_kjt(1000))
+    W = m.state_dict()["_embedding_module.embeddings.t1.weight"]  # evicted rows re-initialised before the lookup
     assert list(emb) == ["f1", "f2"]
     np.testing.assert_array_equal(emb["f1"].values(), W[remapped["f1"].values()])
     np.testing.assert_array_equal(emb["f1"].lengths(), [6, 4])

@@ -30,6 +30,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+
 from accel.kernels import _device
 
 # Bound by _cuda_kernels() on the first CUDA launch (the simulator swaps `cuda` for its fake module).

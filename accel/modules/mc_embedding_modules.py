@@ -58,7 +58,7 @@ def evict(evictions: Dict[str, Optional[torch.Tensor]], ebc: nn.Module, reinitia
     is zeroed. reinitialize=False: TorchRec's no-op.
     """
     if not reinitialize:
-        return None
+        return
     tables = _tables(ebc)
     configs = {config.name: config for config in _configs(ebc)}
     state = ebc.optimizer_state() if hasattr(ebc, "optimizer_state") else {}
@@ -82,7 +82,6 @@ def evict(evictions: Dict[str, Optional[torch.Tensor]], ebc: nn.Module, reinitia
         weight[rows] = block
         if table in state:
             state[table][rows] = 0
-    return None
 
 
 def _same_callable(a: Any, b: Any) -> bool:

@@ -384,7 +384,7 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
     def _coalesce_and_evict(self) -> None:
         p = self._current_history_buffer_offset
         history = self._history_accumulator[:p].cpu()
-        last = getattr(self, "_history_last_access_iter")[:p].cpu() if self._history_names else None
+        last = self._history_last_access_iter[:p].cpu() if self._history_names else None
         policy = self._eviction_policy
         if policy._round_kind is None:
             evicted = self._generic_round(history, last)

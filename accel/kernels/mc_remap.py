@@ -141,34 +141,35 @@ def _remap_each_cpu(raw, mapping, values, miss, out):
 
 
 @_device.cpu_jit()
-def _remap_sorted_cpu(raw, mapping, values, miss, out, chunks):
-    # Sort the ids (radix, carrying positions), then walk them ascending with galloping searches, in
-    # `chunks` contiguous runs of the sorted ids, each galloping from its own first search (one thread: see
-    # the module docstring).
-    n = values.shape[0]
+def _id_range(values):
+    # (min, max) of a non-empty id array in one pass.
     lo = values[0]
-    for j in range(n):
-        if values[j] < lo:
-            lo = values[j]
-    keys = np.empty(n, np.uint64)
-    where = np.empty(n, np.int64)
+    hi = values[0]
+    for v in values:
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+@_device.cpu_jit()
+def _remap_sorted_cpu(raw, mapping, values, miss, out, lo, keys, where):
+    # Sort the ids (radix on their offsets from lo, carrying positions; keys and where given in the
+    # narrowest unsigned dtypes that hold them), then walk them ascending with galloping searches.
+    n = values.shape[0]
     for j in range(n):
         # Two's-complement difference: exact for any pair of int64 ids.
         keys[j] = np.uint64(values[j]) - np.uint64(lo)
         where[j] = j
     keys, where = radix_sort(keys, where, True)
     n_search = raw.shape[0] - 1
-    for c in range(chunks):
-        q0 = n * c // chunks
-        q1 = n * (c + 1) // chunks
-        pos = 0
-        result = miss
-        for q in range(q0, q1):
-            if q == q0 or keys[q] != keys[q - 1]:
-                v = np.int64(keys[q] + np.uint64(lo))
-                pos = gallop(raw, n_search, pos, v)
-                result = mapping[pos] if raw[pos] == v else miss
-            out[where[q]] = result
+    pos = 0
+    result = miss
+    for q in range(n):
+        if q == 0 or keys[q] != keys[q - 1]:
+            v = np.int64(np.uint64(keys[q]) + np.uint64(lo))
+            pos = gallop(raw, n_search, pos, v)
+            result = mapping[pos] if raw[pos] == v else miss
+        out[where[q]] = result
 
 
 @_device.cpu_jit()
@@ -257,7 +258,12 @@ def remap_ids(raw: torch.Tensor, mapping: torch.Tensor, values: torch.Tensor, mi
         return out
     args = (raw.numpy(), mapping.numpy(), values.numpy(), np.int64(miss), out.numpy())
     if values.numel() >= _SORTED_REMAP_MIN:
-        _remap_sorted_cpu(*args, 1)
+        lo, hi = _id_range(args[2])
+        n = values.numel()
+        # 32-bit keys and positions when they fit: half the memory traffic of every radix pass.
+        keys = np.empty(n, np.uint32 if int(hi) - int(lo) < 2**32 else np.uint64)
+        where = np.empty(n, np.uint32 if n < 2**32 else np.uint64)
+        _remap_sorted_cpu(*args, lo, keys, where)
     else:
         _remap_each_cpu(*args)
     return out

@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from refimpl.base import as_numpy
+
 # torch dtypes are recognised by name so that this module never imports torch.
 _TORCH_INTEGER_DTYPES = frozenset(
     f"torch.{kind}{bits}" for kind in ("int", "uint") for bits in (8, 16, 32, 64)
@@ -375,3 +377,15 @@ def validate_ids_in_range(ids: Any, num_embeddings: int, feature: str, table: st
             f"feature '{feature}' (table '{table}'): ids expected values in "
             f"[0, {num_embeddings}), got id {flat[i]} at position {i}"
         )
+
+
+def real_array(value: Any, name: str, dtype: Any = None) -> np.ndarray:
+    """value as a NumPy array of a real dtype (bool, integer or floating point), cast to `dtype` when given.
+
+    TypeError for any other dtype: refimpl casts dense inputs to the module's dtype, and from a complex
+    array that cast would keep the real part only (a silent wrong answer); strings and objects have no cast.
+    """
+    array = as_numpy(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} expected a real (bool, integer or floating-point) array, got dtype {array.dtype}")
+    return array if dtype is None else array.astype(dtype, copy=False)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from refimpl.base import Module
+from refimpl.validate import real_array
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class SwishLayerNorm(Module):
         self._x: Optional[np.ndarray] = None
 
     def forward(self, x: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=self.dtype)
+        x = real_array(x, "SwishLayerNorm: input", self.dtype)
         y = swish_layernorm(x, self.parameter("norm.0.weight"), self.parameter("norm.0.bias"), self.eps)
         self._x = x
         return y
@@ -159,7 +160,7 @@ class SwishLayerNorm(Module):
     def backward(self, grad_output: Any) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         if self._x is None:
             raise RuntimeError("SwishLayerNorm.backward called before forward")
-        g = np.asarray(grad_output, dtype=self.dtype)
+        g = real_array(grad_output, "SwishLayerNorm: grad_output", self.dtype)
         if g.shape != self._x.shape:
             raise ValueError(
                 f"SwishLayerNorm: grad_output expected shape {self._x.shape}, got {g.shape}"

@@ -12,9 +12,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from refimpl.base import Module, as_numpy
+from refimpl.base import Module
 from refimpl.modules.activation import ElementwiseActivation, relu, sigmoid
 from refimpl.modules.utils import xavier_normal
+from refimpl.validate import real_array
 
 Array = np.ndarray
 
@@ -299,7 +300,7 @@ class _CrossNetBase(Module):
         raise NotImplementedError
 
     def _as_input(self, input: Any) -> Array:
-        x = as_numpy(input)
+        x = real_array(input, f"{type(self).__name__}: input")
         N = self.in_features
         expected = "(*, %d)" % N if self._any_leading_shape else "[B, %d] (2-D)" % N
         bad_rank = x.ndim < 1 if self._any_leading_shape else x.ndim != 2
@@ -324,7 +325,7 @@ class _CrossNetBase(Module):
         if self._x_0 is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
         x_0 = self._x_0
-        grad_x_l = as_numpy(grad_output).astype(self.dtype, copy=False)
+        grad_x_l = real_array(grad_output, f"{type(self).__name__}.backward: grad_output", self.dtype)
         if grad_x_l.shape != x_0.shape:
             raise ValueError(
                 f"{type(self).__name__}.backward: grad_output expected shape {tuple(x_0.shape)}, "

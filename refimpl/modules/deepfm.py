@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from refimpl.base import Module, prefixed
+from refimpl.validate import real_array
 
 
 def _as_embedding_list(embeddings: Any) -> List[np.ndarray]:
@@ -22,7 +23,7 @@ def _as_embedding_list(embeddings: Any) -> List[np.ndarray]:
         )
     if len(embeddings) == 0:
         raise ValueError("embeddings: expected a non-empty list of arrays, got []")
-    return [np.asarray(e) for e in embeddings]
+    return [real_array(e, f"embeddings[{i}]:") for i, e in enumerate(embeddings)]
 
 
 def flatten_embeddings(embeddings: Sequence[np.ndarray]) -> np.ndarray:
@@ -130,7 +131,7 @@ class FactorizationMachine(Module):
     def backward(self, grad_output: Any) -> Tuple[List[np.ndarray], Dict[str, np.ndarray]]:
         if self._flat is None or self._shapes is None:
             raise RuntimeError("FactorizationMachine.backward called before forward")
-        g = np.asarray(grad_output, dtype=self._flat.dtype)
+        g = real_array(grad_output, "FactorizationMachine: grad_output", self._flat.dtype)
         expected = (self._flat.shape[0], 1)
         if g.shape != expected:
             raise ValueError(f"FactorizationMachine: grad_output expected shape {expected}, got {g.shape}")

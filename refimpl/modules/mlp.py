@@ -10,6 +10,7 @@ from refimpl.base import Module, prefixed
 from refimpl.modules.activation import ElementwiseActivation, SwishLayerNorm, identity, relu, sigmoid
 from refimpl.modules.utils import extract_module_or_tensor_callable
 from refimpl.nn import Linear, check_size, linear, linear_backward
+from refimpl.validate import real_array
 
 ACTIVATION_STRINGS = ("relu", "sigmoid", "swish_layernorm")
 
@@ -95,7 +96,7 @@ class Perceptron(Module):
         return self._linear.parameter("weight"), b
 
     def forward(self, x: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=self.dtype)
+        x = real_array(x, "Perceptron: input", self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_size:
             raise ValueError(f"Perceptron: input expected shape (*, {self.in_size}), got {tuple(x.shape)}")
         self._x = x
@@ -113,7 +114,7 @@ class Perceptron(Module):
                 f"Module, got {type(act).__name__}"
             )
         x, (W, b) = self._x, self._weights()
-        g = np.asarray(grad_output, dtype=self.dtype)
+        g = real_array(grad_output, "Perceptron: grad_output", self.dtype)
         expected = x.shape[:-1] + (self.out_size,)
         if g.shape != expected:
             raise ValueError(f"Perceptron: grad_output expected shape {expected}, got {g.shape}")
@@ -199,13 +200,13 @@ class MLP(Module):
             self._layers.append(layer)
 
     def forward(self, x: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=self.dtype)
+        x = real_array(x, "MLP: input", self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_size:
             raise ValueError(f"MLP: input expected shape (*, {self.in_size}), got {tuple(x.shape)}")
         return mlp(x, self._layers)
 
     def backward(self, grad_output: Any) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-        grad_x, per_layer = mlp_backward(np.asarray(grad_output, dtype=self.dtype), self._layers)
+        grad_x, per_layer = mlp_backward(real_array(grad_output, "MLP: grad_output", self.dtype), self._layers)
         grads: Dict[str, np.ndarray] = {}
         for i, layer_grads in enumerate(per_layer):
             grads.update(prefixed(layer_grads, f"_mlp.{i}."))

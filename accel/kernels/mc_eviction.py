@@ -36,7 +36,7 @@ import torch
 from numba import njit
 
 from accel.kernels import _device
-from accel.kernels.mc_remap import gallop
+from accel.kernels.mc_remap import gallop, radix_sort
 
 MAX_ID = np.iinfo(np.int64).max
 LFU, LRU, DISTANCE_LFU = 0, 1, 2
@@ -225,6 +225,22 @@ def _kth_key(st, bt, sn, bn, kind, rank, shifts, widths):
 
 
 @_device.cpu_jit()
+def _descending(keys):
+    # Stable order of keys descending: a radix sort of (max - key), carrying positions (O(k) for the up to
+    # min(Z, m) evicted slots and admitted candidates of a round).
+    n = keys.shape[0]
+    if n == 0:
+        return np.empty(0, np.int64)
+    top = keys.max()
+    flipped = np.empty(n, np.uint64)
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        flipped[i] = top - keys[i]
+        order[i] = i
+    return radix_sort(flipped, order, True)[1]
+
+
+@_device.cpu_jit()
 def _cut_cpu(st, bt, sn, bn, kind, v, below):
     # The m lowest-ranked of the Z + m entries (rank: key descending, then concatenation index ascending):
     # every entry keyed below v, the m-th smallest key (`below` of them), and of those keyed v the ones with
@@ -256,7 +272,7 @@ def _cut_cpu(st, bt, sn, bn, kind, v, below):
         x = _key(st[i], bt[i], kind)
         if x < v or (x == v and i >= cut_table):
             ev[k] = i
-            ev_key[k] = ~x
+            ev_key[k] = x
             k += 1
     sel = np.empty(m, np.int64)
     sel_key = np.empty(m, np.uint64)
@@ -265,11 +281,11 @@ def _cut_cpu(st, bt, sn, bn, kind, v, below):
         x = _key(sn[j], bn[j], kind)
         if not (x < v or (x == v and j >= cut_new)):
             sel[q] = j
-            sel_key[q] = ~x
+            sel_key[q] = x
             q += 1
     # Rank order: a stable sort by key descending of the entries gathered in index order.
-    ev = ev[:k][np.argsort(ev_key[:k], kind="mergesort")]
-    sel = sel[:q][np.argsort(sel_key[:q], kind="mergesort")]
+    ev = ev[:k][_descending(ev_key[:k])]
+    sel = sel[:q][_descending(sel_key[:q])]
     return ev, sel
 
 
@@ -347,7 +363,14 @@ def _assign_resort_cpu(raw, mapping, counts, last, has_counts, has_last, ev, sel
         if has_last:
             last[:] = last[order]
         return evicted
-    order = np.argsort(new_raw)
+    # New ids are distinct: any sort gives the same order; a radix sort of their offsets is O(k).
+    lo = new_raw.min() if k > 0 else 0
+    offsets = np.empty(k, np.uint64)
+    order = np.empty(k, np.int64)
+    for q in range(k):
+        offsets[q] = np.uint64(new_raw[q]) - np.uint64(lo)
+        order[q] = q
+    order = radix_sort(offsets, order, True)[1]
     # Compact the remaining entries to the front (order kept), then merge the new ones in from the back.
     w = 0
     for i in range(Z):

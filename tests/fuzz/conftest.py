@@ -75,10 +75,8 @@ def with_layout(a: np.ndarray, layout: str) -> torch.Tensor:
     raise AssertionError(layout)
 
 
-@pytest.fixture
-def float64_default():
-    """Run with torch's default dtype at float64 so that modules built inside hold float64 parameters."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+@pytest.fixture(scope="module", autouse=True)
+def quiet_numpy_floating_point():
+    """NaN/Inf inputs make NumPy warn about invalid values and overflow by design; the tests check the values."""
+    with np.errstate(all="ignore"):
+        yield

@@ -14,8 +14,8 @@ stable, carrying hl's offsets from the window's earliest iteration; keys and pay
 offsets fit, which halves the traffic of every pass. A stable sort of a chronological window leaves each id's
 latest iteration last in its group, but the maximum is taken anyway, so an out-of-order window (a loaded
 state) coalesces the same way. One pass reads and writes the window once per digit, sequentially into 2048
-buckets: at 6.5 million ids (eviction interval 100 at 65,536 ids a batch) that is about 20 times faster than
-a comparison sort.
+buckets: 6.5 million ids (eviction interval 100 at 65,536 ids a batch, ids over 10^9) coalesce in about
+150 ms on the 2-core machine.
 """
 
 from __future__ import annotations

@@ -12,13 +12,13 @@ Layers: the search helpers (shared with the eviction round's matching), the CPU 
 thread per id, a binary search each), the launcher picking the device of the tensors.
 
 CPU: one binary search per id costs about 20 dependent loads over a 10^6-slot table, the last several of
-them DRAM misses (measured 230 ns an id on the 2-core machine, two threads). A batch of more than
+them cache misses (130 ns an id on the 2-core machine). A batch of at least
 _SORTED_REMAP_MIN ids is instead sorted (a stable LSD radix sort of the ids' offsets from the batch minimum,
 carrying the positions) and walked in ascending order: each distinct id is found by a galloping search from
 the previous one's slot, so consecutive searches stay in nearby cache lines, and repeated ids (a Zipf batch
 of 65,536 ids holds about 24,000 distinct ones) are searched once. The slot found is the same either way.
 Measured on the 2-core machine against a full 10^6-slot table with a Zipf(1.1) batch of 65,536 ids: 2.4 ms
-(0.5 of them the sort), against 8.5 ms for the per-id search and 11 ms for NumPy's searchsorted. It runs on
+(0.3 to 0.5 of them the sort), against 8.5 ms for the per-id search and 11 ms for NumPy's searchsorted. It runs on
 one thread: split over the two (one run of sorted ids each) it took 1.5 ms on a quiet machine, but with other
 programs busy every parallel region waited for a descheduled worker, 16 to 24 ms a call.
 """

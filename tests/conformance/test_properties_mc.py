@@ -122,6 +122,14 @@ def test_lfu_problem_detects_an_eviction_for_an_equal_count():
     assert "admitted id 5 has count 7" in mk.lfu_problem(before, wrong_count, [5, 5], filtered=False)
 
 
+def test_read_rows_tells_which_rows_a_lookup_read():
+    before, after = {"embeddings": np.array([[1.0, 2.0]])}, {"embeddings": np.array([[5.0, 2.0]])}
+    assert mk._read_rows({"embeddings": np.array([[5.0, 2.0]])}, before, after, 1) == "after"
+    assert mk._read_rows({"embeddings": np.array([[1.0, 2.0]])}, before, after, 1) == "before"
+    assert mk._read_rows({"embeddings": np.array([[1.0, 2.0]])}, before, before, 1) == "either"
+    assert mk._read_rows({"embeddings": np.array([[3.0, 2.0]])}, before, after, 1) is None
+
+
 def test_save_points_follow_the_interval_and_skip_eval():
     stream = Stream("s", MCH(4, interval=2), (forward([1]), forward([2]), EVAL, forward([3]), TRAIN, forward([4]),
                                               forward([5]), EVICT, forward([6])))

@@ -252,7 +252,8 @@ def _ebc(package: str, configs: List[Any], bags: bool = True) -> Any:
 def check_d30(record: Record, ctx: Context) -> Outcome:
     """After a forward that admits ids 1 and 2 into an MC-EBC table, TorchRec's rows are unchanged
     (its evict is a no-op, and mc_embedding_modules.evict returns None); recspec re-initialises
-    exactly the rows whose slot changed owner, inside the init bounds +-sqrt(1/rows)."""
+    exactly the rows whose slot changed owner, inside the init bounds +-sqrt(1/rows), and keeps
+    them with reinitialize_evicted_rows=False (TorchRec's behaviour, on request)."""
     from conformance.properties.mc_checks import _owner_changes
 
     problems = []
@@ -272,8 +273,14 @@ def check_d30(record: Record, ctx: Context) -> Outcome:
                 if changed or result is not None or not owners:
                     problems.append(f"torchrec: rows {changed} changed after admitting into slots {owners}; "
                                     f"evict() returned {result!r}")
-            elif changed != owners or not owners or np.abs(after[key][owners]).max() > np.sqrt(1 / 5):
+                return
+            if changed != owners or not owners or np.abs(after[key][owners]).max() > np.sqrt(1 / 5):
                 problems.append(f"{package}: re-initialised rows {changed}, slots that changed owner {owners}")
+            keep = io.wrapped(spec.tables, package, reinitialize_evicted_rows=False)
+            kept = io.state_of(keep)[key]
+            io.observe(keep, stream.steps[0], package)
+            if not np.array_equal(io.state_of(keep)[key], kept):
+                problems.append(f"{package}: reinitialize_evicted_rows=False still changed rows")
 
         _run(package, demo)
     return outcome_of(problems, len(sides(record, ctx)))

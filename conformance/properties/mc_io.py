@@ -220,11 +220,11 @@ class Wrapped:
         return f"{which} over {self.tables.describe()}"
 
 
-def wrapped(tables: Tables, package: str, device: str = "cpu", seed: int = 0, same_configs: bool = True) -> Any:
+def wrapped(tables: Tables, package: str, device: str = "cpu", seed: int = 0, **options: Any) -> Any:
     """ManagedCollisionEmbeddingBagCollection (EmbeddingBagConfig tables) or
     ManagedCollisionEmbeddingCollection (EmbeddingConfig) over tables.configs, built under
     torch.manual_seed(seed) for the torch packages (refimpl: rng=default_rng(seed)), returning
-    the remapped features; same_configs=False gives the collection an equal copy of the configs."""
+    the remapped features; `options` go to the wrapper (reinitialize_evicted_rows=False)."""
     bags = tables.kind == "EmbeddingBagConfig"
     emb_name = "EmbeddingBagCollection" if bags else "EmbeddingCollection"
     wrapper = getattr(mc_embedding_modules(package),
@@ -239,8 +239,8 @@ def wrapped(tables: Tables, package: str, device: str = "cpu", seed: int = 0, sa
             emb = getattr(em, emb_name)(configs, rng=np.random.default_rng(seed))
         else:
             emb = emb_cls(configs, device=_device(package, device))
-        mcc = tables.build(package, device, seed, configs if same_configs else tables.configs(package))
-        return wrapper(emb, mcc, return_remapped_features=True)
+        mcc = tables.build(package, device, seed, configs)
+        return wrapper(emb, mcc, return_remapped_features=True, **options)
 
     if package == "refimpl":
         return make()

@@ -74,15 +74,23 @@ def _fm_forward_cpu(x, out, row_sum, chunks):
             row_sum[b] = s
 
 
+# Rows per prange iteration of the backward: Numba bounds-checks (NUMBA_BOUNDSCHECK=1) no access indexed by a
+# prange variable itself (numba#4600), so the rows are walked by an inner loop; 64 rows keep the iterations
+# many enough to balance the threads.
+_BACKWARD_BLOCK = 64
+
+
 @_device.cpu_jit(parallel=True)
 def _fm_backward_cpu(g, x, row_sum, dx):
-    # One row per prange iteration; elementwise given the saved row sum.
-    for b in prange(x.shape[0]):
-        gb = g[b, 0]
-        s = row_sum[b]
-        x_b, dx_b = x[b], dx[b]
-        for j in range(x.shape[1]):
-            dx_b[j] = _fm_grad(gb, s, x_b[j])
+    # Blocks of rows, one block per prange iteration; elementwise given the saved row sum.
+    rows = x.shape[0]
+    for block in prange((rows + _BACKWARD_BLOCK - 1) // _BACKWARD_BLOCK):
+        for b in range(block * _BACKWARD_BLOCK, min(rows, (block + 1) * _BACKWARD_BLOCK)):
+            gb = g[b, 0]
+            s = row_sum[b]
+            x_b, dx_b = x[b], dx[b]
+            for j in range(x.shape[1]):
+                dx_b[j] = _fm_grad(gb, s, x_b[j])
 
 
 def _fm_forward_cuda(x, out, row_sum):

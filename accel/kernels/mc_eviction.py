@@ -84,7 +84,7 @@ def _frequency_scatter(ids, c, la):
 
 
 @_device.cpu_jit()
-def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last):
+def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last, hist, use_hist):
     # Steps 5-9: matching against raw[0 : Z - 1], metadata of the matched ids, the candidates in frequency
     # order, the sentinel pinned. Returns (n_ids, n_c, n_la), all of length m. Everything runs in u's order
     # (ascending, as the coalesce leaves it: each search gallops on from the last); the metadata updates do
@@ -103,6 +103,9 @@ def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last):
         pos = gallop(raw, Z - 1, start, v)
         if raw[pos] == v:
             if has_counts:
+                if use_hist:
+                    hist[_bucket(counts[pos])] -= 1
+                    hist[_bucket(counts[pos] + c[j])] += 1
                 counts[pos] += c[j]
             if has_last:
                 last[pos] = la[j]
@@ -112,6 +115,9 @@ def _prepare_cpu(u, c, la, raw, counts, last, cur, has_counts, has_last):
             cand_la[m] = la[j] if has_last else 0
             m += 1
     if has_counts:
+        if use_hist:
+            hist[_bucket(counts[Z - 1])] -= 1
+            hist[_bucket(MAX_ID)] += 1
         counts[Z - 1] = MAX_ID
     if has_last:
         last[Z - 1] = cur
@@ -194,6 +200,45 @@ def _small_int_cut(st, bt, sn, bn, rank):
     return np.uint64(0), -1
 
 
+@_device.cpu_helper()
+def _bucket(x):
+    # Histogram bucket of an LFU count: the count itself below _SMALL_COUNTS, then one overflow bucket (the
+    # sentinel's MAX among them), and one bucket for negative counts.
+    if x < 0:
+        return _SMALL_COUNTS + 1
+    return min(x, _SMALL_COUNTS)
+
+
+@_device.cpu_jit()
+def count_histogram(counts):
+    """hist[b] = #{slots whose count falls in bucket b}: counts 0..65535 one bucket each, then larger counts,
+    then negative ones (shape (65538,))."""
+    hist = np.zeros(_SMALL_COUNTS + 2, np.int64)
+    for x in counts:
+        hist[_bucket(x)] += 1
+    return hist
+
+
+@_device.cpu_jit()
+def _hist_cut(hist, sn, rank):
+    # The one-pass LFU cut from the table's histogram (kept up to date by the rounds) and the candidates':
+    # (v, #keys below v, #table keys below v), or (0, -1, -1) when the rank-th smallest key is not a small count.
+    cand = np.zeros(_SMALL_COUNTS + 2, np.int64)
+    for x in sn:
+        cand[_bucket(x)] += 1
+    below = hist[_SMALL_COUNTS + 1] + cand[_SMALL_COUNTS + 1]
+    below_table = hist[_SMALL_COUNTS + 1]
+    if rank < below:
+        return np.uint64(0), -1, -1
+    for b in range(_SMALL_COUNTS):
+        total = hist[b] + cand[b]
+        if rank < below + total:
+            return _key(np.int64(b), np.uint64(b), _INT_KEY), below, below_table
+        below += total
+        below_table += hist[b]
+    return np.uint64(0), -1, -1
+
+
 @_device.cpu_jit()
 def _kth_key(st, bt, sn, bn, kind, rank, shifts, widths):
     # The rank-th smallest key (0-based) and the number of keys below it: MSD radix select, each level
@@ -241,11 +286,13 @@ def _descending(keys):
 
 
 @_device.cpu_jit()
-def _cut_cpu(st, bt, sn, bn, kind, v, below):
+def _cut_cpu(st, bt, sn, bn, kind, v, below, table_below):
     # The m lowest-ranked of the Z + m entries (rank: key descending, then concatenation index ascending):
     # every entry keyed below v, the m-th smallest key (`below` of them), and of those keyed v the ones with
     # the highest indices (candidates before table slots). Returns ev (dropped slots) and sel (kept
-    # candidates), each in rank order.
+    # candidates), each in rank order. table_below = 0 says no table key is below v (known from the
+    # histogram): the dropped slots are then exactly the ties found by the scan from the table's end, and
+    # the full pass over the table is skipped.
     Z = st.shape[0]
     m = sn.shape[0]
     need = m - below
@@ -257,23 +304,31 @@ def _cut_cpu(st, bt, sn, bn, kind, v, below):
             cut_new = j
             need -= 1
         j -= 1
+    ties = np.empty(need if need > 0 else 0, np.int64)
+    found = 0
     if need > 0:
         cut_new = 0
         i = Z - 1
-        while need > 0:
+        while found < ties.shape[0]:
             if _key(st[i], bt[i], kind) == v:
                 cut_table = i
-                need -= 1
+                ties[found] = i
+                found += 1
             i -= 1
-    ev = np.empty(min(Z, m), np.int64)
-    ev_key = np.empty(min(Z, m), np.uint64)
-    k = 0
-    for i in range(Z):
-        x = _key(st[i], bt[i], kind)
-        if x < v or (x == v and i >= cut_table):
-            ev[k] = i
-            ev_key[k] = x
-            k += 1
+    if table_below == 0:
+        ev = ties[::-1].copy()
+        ev_key = np.full(found, v, np.uint64)
+        k = found
+    else:
+        ev = np.empty(min(Z, m), np.int64)
+        ev_key = np.empty(min(Z, m), np.uint64)
+        k = 0
+        for i in range(Z):
+            x = _key(st[i], bt[i], kind)
+            if x < v or (x == v and i >= cut_table):
+                ev[k] = i
+                ev_key[k] = x
+                k += 1
     sel = np.empty(m, np.int64)
     sel_key = np.empty(m, np.uint64)
     q = 0
@@ -318,13 +373,14 @@ def _union_cpu(a, e):
 
 
 @_device.cpu_jit()
-def _mergeable(raw, gone, new_raw):
+def _mergeable(raw, gone, new_raw, known_sorted):
     # The merge re-sort needs a sorted table and new ids equal to no remaining id. In a sorted table the
     # matching search found every id of raw[0 : Z - 1], so an unmatched id can only equal raw[Z - 1].
     Z = raw.shape[0]
-    for i in range(1, Z):
-        if raw[i] < raw[i - 1]:
-            return False
+    if not known_sorted:
+        for i in range(1, Z):
+            if raw[i] < raw[i - 1]:
+                return False
     for x in new_raw:
         if x == MAX_ID or (x == raw[Z - 1] and not gone[Z - 1]):
             return False
@@ -332,7 +388,8 @@ def _mergeable(raw, gone, new_raw):
 
 
 @_device.cpu_jit()
-def _assign_resort_cpu(raw, mapping, counts, last, has_counts, has_last, ev, sel, n_ids, n_c, n_la):
+def _assign_resort_cpu(raw, mapping, counts, last, has_counts, has_last, ev, sel, n_ids, n_c, n_la, hist,
+                       use_hist, known_sorted):
     # Steps 12-14. Returns E = map[ev] (ev order).
     Z = raw.shape[0]
     k = ev.shape[0]
@@ -347,7 +404,10 @@ def _assign_resort_cpu(raw, mapping, counts, last, has_counts, has_last, ev, sel
         new_c[q] = n_c[sel[q]]
         new_l[q] = n_la[sel[q]]
         gone[ev[q]] = True
-    if not _mergeable(raw, gone, new_raw):
+        if use_hist:
+            hist[_bucket(counts[ev[q]])] -= 1
+            hist[_bucket(new_c[q])] += 1
+    if not _mergeable(raw, gone, new_raw, known_sorted):
         # Full stable re-sort, TorchRec's own way.
         for q in range(k):
             raw[ev[q]] = new_raw[q]
@@ -461,17 +521,39 @@ def round_scores(kind: int, decay: float, cur: int, table: Table, n_c: np.ndarra
     return s[:Z], s[Z:]
 
 
-def cut(s_table: np.ndarray, s_new: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(ev, sel) of step 11 for scores [s_table | s_new] of one dtype (len(s_new) >= 1), in rank order."""
+def cut(s_table: np.ndarray, s_new: np.ndarray, hist: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(ev, sel) of step 11 for scores [s_table | s_new] of one dtype (len(s_new) >= 1), in rank order.
+
+    hist: for int64 scores, count_histogram(s_table), when the caller keeps one up to date."""
     st, bt, kind = _bits(s_table)
     sn, bn, _ = _bits(s_new)
     m = sn.shape[0]
-    below = -1
-    if kind == _INT_KEY:
+    below, table_below = -1, -1
+    if kind == _INT_KEY and hist is not None:
+        v, below, table_below = _hist_cut(hist, sn, m - 1)
+    if kind == _INT_KEY and below < 0:
         v, below = _small_int_cut(st, bt, sn, bn, m - 1)
     if below < 0:
         v, below = _kth_key(st, bt, sn, bn, kind, m - 1, *_LEVELS[kind])
-    return _cut_cpu(st, bt, sn, bn, kind, v, below)
+    return _cut_cpu(st, bt, sn, bn, kind, v, below, table_below)
+
+
+def _stamp(t: torch.Tensor) -> Tuple[int, int]:
+    # torch bumps _version on every in-place write made through torch; the kernels' writes through NumPy
+    # views leave it unchanged, so an unchanged stamp means nobody but the rounds touched the tensor.
+    return t._version, t.data_ptr()
+
+
+class TableMemo:
+    """What a module remembers about its table between rounds: that raw is sorted (the rounds leave it so),
+    and the histogram of the LFU counts (the rounds update it). Each is trusted only while the tensor's
+    stamp (torch's version counter and data pointer) is the one recorded after the last round: a load, a
+    re-sort or any edit through torch changes it, and the next round checks or rebuilds."""
+
+    def __init__(self) -> None:
+        self.sorted_stamp: Optional[Tuple[int, int]] = None
+        self.hist: Optional[np.ndarray] = None
+        self.hist_stamp: Optional[Tuple[int, int]] = None
 
 
 def union(pending: torch.Tensor, evicted: torch.Tensor) -> torch.Tensor:
@@ -480,10 +562,11 @@ def union(pending: torch.Tensor, evicted: torch.Tensor) -> torch.Tensor:
 
 
 def evict_round(kind: int, decay: float, cur: int, table: Table, u: torch.Tensor, c: torch.Tensor,
-                la: Optional[torch.Tensor]) -> torch.Tensor:
+                la: Optional[torch.Tensor], memo: Optional[TableMemo] = None) -> torch.Tensor:
     """Steps 5-14 on the coalesced (and filtered) window u, c, la; the table is updated in place.
 
     Returns E, the output ids of the slots that changed owner, in eviction order. CPU tensors only.
+    memo: the module's TableMemo, which saves the sortedness pass and (LFU) the counting pass of a round.
     """
     has_counts, has_last = table.counts is not None, table.last is not None
     if has_last and la is None:
@@ -492,13 +575,26 @@ def evict_round(kind: int, decay: float, cur: int, table: Table, u: torch.Tensor
     counts = table.counts if has_counts else dummy
     last = table.last if has_last else dummy
     la_np = la.numpy() if la is not None else np.zeros(u.shape[0], np.int64)
+    known_sorted = memo is not None and memo.sorted_stamp == _stamp(table.raw)
+    hist = None
+    if memo is not None and kind == LFU:
+        if memo.hist is None or memo.hist_stamp != _stamp(table.counts):
+            memo.hist = count_histogram(table.counts.numpy())
+        hist = memo.hist
+    hist_arg = hist if hist is not None else np.zeros(0, np.int64)
     n_ids, n_c, n_la = _prepare_cpu(u.numpy(), c.numpy(), la_np, table.raw.numpy(), counts.numpy(),
-                                    last.numpy(), cur, has_counts, has_last)
-    if n_ids.shape[0] == 0:
-        return dummy
-    ev, sel = cut(*round_scores(kind, decay, cur, table, n_c, n_la))
-    if ev.shape[0] != sel.shape[0]:
-        raise AssertionError("evict_round: evicted slots and admitted ids differ in number")
-    evicted = _assign_resort_cpu(table.raw.numpy(), table.mapping.numpy(), counts.numpy(), last.numpy(),
-                                 has_counts, has_last, ev, sel, n_ids, n_c, n_la)
-    return torch.from_numpy(evicted)
+                                    last.numpy(), cur, has_counts, has_last, hist_arg, hist is not None)
+    evicted = None
+    if n_ids.shape[0] > 0:
+        ev, sel = cut(*round_scores(kind, decay, cur, table, n_c, n_la), hist)
+        if ev.shape[0] != sel.shape[0]:
+            raise AssertionError("evict_round: evicted slots and admitted ids differ in number")
+        evicted = torch.from_numpy(_assign_resort_cpu(
+            table.raw.numpy(), table.mapping.numpy(), counts.numpy(), last.numpy(), has_counts, has_last, ev,
+            sel, n_ids, n_c, n_la, hist_arg, hist is not None, known_sorted))
+    if memo is not None:
+        if evicted is not None:  # the assignment leaves the table sorted, merged or fully re-sorted
+            memo.sorted_stamp = _stamp(table.raw)
+        if hist is not None:
+            memo.hist_stamp = _stamp(table.counts)
+    return dummy if evicted is None else evicted

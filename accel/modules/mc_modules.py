@@ -222,6 +222,8 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
         self._history_accumulator: Optional[torch.Tensor] = None
         self._evicted = False
         self._evicted_emb_indices = torch.empty((1,), device=dev)
+        # Facts about the table the rounds keep between them (sortedness, the LFU count histogram).
+        self._memo = mc_eviction.TableMemo()
 
     # --- accessors -------------------------------------------------------------------------------
     def output_size(self) -> int:
@@ -413,7 +415,7 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
         work = table if on_host else mc_eviction.Table(*(None if t is None else t.cpu() for t in table))
         policy = self._eviction_policy
         evicted = mc_eviction.evict_round(policy._round_kind, policy._decay_exponent, self._current_iter,
-                                          work, u, c, la)
+                                          work, u, c, la, self._memo if on_host else None)
         if not on_host:
             for dst, src in zip(table, work):
                 if dst is not None:

@@ -160,3 +160,32 @@ def test_eviction_under_boundscheck():
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["LFU", "DLFU"])
+def test_rounds_with_a_memo_match_the_reference(kind):
+    # The memo (sortedness, LFU count histogram) carries over rounds; an edit through torch invalidates it.
+    cur, raw, mapping, counts, last, _, _, _ = random_case(7, 48, 30, 0)
+    ref = [raw, mapping, counts, last]
+    t = [torch.from_numpy(a.copy()) for a in ref]
+    table = ev_k.Table(t[0], t[1], t[2], t[3] if kind != "LFU" else None)
+    memo = ev_k.TableMemo()
+    rng = np.random.default_rng(8)
+    for r in range(8):
+        cur += 1
+        u = np.unique(rng.integers(-30, 90, 20)).astype(np.int64)
+        c = rng.integers(1, 5, u.shape[0]).astype(np.int64)
+        la = np.full(u.shape[0], cur, np.int64)
+        if r == 4:
+            t[2][3] += 7  # through torch: the histogram must be rebuilt
+            ref[2] = ref[2].copy()
+            ref[2][3] += 7
+        want = reference_round(kind, 1.0, cur, *ref, u, c, la)
+        got = ev_k.evict_round(KINDS[kind], 1.0, cur, table, torch.from_numpy(u), torch.from_numpy(c),
+                               None if kind == "LFU" else torch.from_numpy(la), memo)
+        np.testing.assert_array_equal(got.numpy(), want[0])
+        ref = list(want[1:])
+        for g, w in zip(t, ref[:3]):
+            np.testing.assert_array_equal(g.numpy(), w)
+    if kind == "LFU":
+        np.testing.assert_array_equal(memo.hist, ev_k.count_histogram(t[2].numpy()))

@@ -387,6 +387,87 @@ def _mergeable(raw, gone, new_raw, known_sorted):
     return True
 
 
+@_device.cpu_helper()
+def _shift_segment(a, start, end, shift):
+    # a[start + shift : end + shift] = a[start : end], in the direction that reads each entry before it is
+    # overwritten.
+    if shift < 0:
+        for t in range(start, end):
+            a[t + shift] = a[t]
+    else:
+        for t in range(end - 1, start - 1, -1):
+            a[t + shift] = a[t]
+
+
+@_device.cpu_jit()
+def _merge_in_place(raw, mapping, counts, last, has_counts, has_last, gone, new_raw, new_map, new_c, new_l):
+    # The table without the slots `gone` (ascending), merged with the k new entries (new_raw ascending, no
+    # id equal to a remaining one), in place. Remaining entry i lands at i + shift(i), shift(i) = #(new ids
+    # inserted at or before i) - #(gone slots before i): constant between events, so the table moves as at
+    # most 2k + 1 segments, and segments that do not shift are not touched. Left-moving segments are moved
+    # first, left to right, then right-moving ones right to left: the final positions increase with i, so
+    # each move only overwrites entries already moved or gone.
+    Z = raw.shape[0]
+    k = gone.shape[0]
+    # ins[q]: the original position before which new entry q goes (the table still holds the gone slots, in
+    # order, so the search over all of it counts them where they are).
+    ins = np.empty(k, np.int64)
+    pos = 0
+    for q in range(k):
+        pos = gallop(raw, Z, pos, new_raw[q])
+        ins[q] = pos
+    seg_start = np.empty(2 * k + 1, np.int64)
+    seg_end = np.empty(2 * k + 1, np.int64)
+    seg_shift = np.empty(2 * k + 1, np.int64)
+    ns = 0
+    shift = 0
+    gi = 0
+    qi = 0
+    i = 0
+    while i < Z:
+        while qi < k and ins[qi] <= i:
+            shift += 1
+            qi += 1
+        if gi < k and gone[gi] == i:
+            shift -= 1
+            gi += 1
+            i += 1
+            continue
+        end = Z
+        if gi < k:
+            end = min(end, gone[gi])
+        if qi < k:
+            end = min(end, ins[qi])
+        seg_start[ns] = i
+        seg_end[ns] = end
+        seg_shift[ns] = shift
+        ns += 1
+        i = end
+    for order in range(2):
+        for t in range(ns):
+            g = t if order == 0 else ns - 1 - t
+            sh = seg_shift[g]
+            if (order == 0 and sh < 0) or (order == 1 and sh > 0):
+                _shift_segment(raw, seg_start[g], seg_end[g], sh)
+                _shift_segment(mapping, seg_start[g], seg_end[g], sh)
+                if has_counts:
+                    _shift_segment(counts, seg_start[g], seg_end[g], sh)
+                if has_last:
+                    _shift_segment(last, seg_start[g], seg_end[g], sh)
+    # New entry q lands after the remaining entries below it and the q new ones before it.
+    gi = 0
+    for q in range(k):
+        while gi < k and gone[gi] < ins[q]:
+            gi += 1
+        out = ins[q] - gi + q
+        raw[out] = new_raw[q]
+        mapping[out] = new_map[q]
+        if has_counts:
+            counts[out] = new_c[q]
+        if has_last:
+            last[out] = new_l[q]
+
+
 @_device.cpu_jit()
 def _assign_resort_cpu(raw, mapping, counts, last, has_counts, has_last, ev, sel, n_ids, n_c, n_la, hist,
                        use_hist, known_sorted):
@@ -431,39 +512,8 @@ def _assign_resort_cpu(raw, mapping, counts, last, has_counts, has_last, ev, sel
         offsets[q] = np.uint64(new_raw[q]) - np.uint64(lo)
         order[q] = q
     order = radix_sort(offsets, order, True)[1]
-    # Compact the remaining entries to the front (order kept), then merge the new ones in from the back.
-    w = 0
-    for i in range(Z):
-        if not gone[i]:
-            raw[w] = raw[i]
-            mapping[w] = mapping[i]
-            if has_counts:
-                counts[w] = counts[i]
-            if has_last:
-                last[w] = last[i]
-            w += 1
-    a = w - 1
-    b = k - 1
-    for out in range(Z - 1, -1, -1):
-        if b < 0:
-            break
-        nb = order[b]
-        if a >= 0 and raw[a] > new_raw[nb]:
-            raw[out] = raw[a]
-            mapping[out] = mapping[a]
-            if has_counts:
-                counts[out] = counts[a]
-            if has_last:
-                last[out] = last[a]
-            a -= 1
-        else:
-            raw[out] = new_raw[nb]
-            mapping[out] = evicted[nb]
-            if has_counts:
-                counts[out] = new_c[nb]
-            if has_last:
-                last[out] = new_l[nb]
-            b -= 1
+    _merge_in_place(raw, mapping, counts, last, has_counts, has_last, np.sort(ev), new_raw[order],
+                    evicted[order], new_c[order], new_l[order])
     return evicted
 
 

@@ -75,6 +75,9 @@ RECORDS += [
     record("MCHManagedCollisionModule", "forward[random streams]", "forward", "random streams (mc_streams.streams)",
            mk.check_random_streams, MCH_SPEC + "; any eviction interval, hashing on or off, any deterministic filter",
            (RANDOM_STREAMS,)),
+    record("MCHManagedCollisionModule", "forward[large tables]", "forward", "mc_streams.large_streams(4)",
+           mk.check_streams, MCH_SPEC + "; tables of 20 to 600 slots, batches of up to 800 Zipf-distributed ids",
+           ms.large_streams(4)),
     record("MCHManagedCollisionModule", "forward[growing window]", "forward", "named streams (GROWING_WINDOW)",
            mk.check_deviation_streams, "issue 4 item 4 / ledger D37: the history window grows instead of dropping "
            "ids; an empty first batch does not disable learning", ms.GROWING_WINDOW),

@@ -155,6 +155,40 @@ WRAPPED: Tuple[Stream, ...] = (
 )
 
 
+LARGE_OPS = ("forward",) * 6 + ("evict", "train", "eval")
+
+
+def large_streams(count: int, seed: int = 0) -> Tuple[Stream, ...]:
+    """Seeded streams over tables of 20 to 600 slots: batches of up to 800 Zipf-distributed ids
+    (a few hot ids, a long tail, negative ids) from a pool Z/2 to 4 Z wide, any policy and
+    deterministic filter, I 1..4, offsets, eval switches and evict() calls. The first batch is
+    the largest and no batch is empty, so that they also run against TorchRec (D37, D42)."""
+    rng = np.random.default_rng([seed, 1])
+    out = []
+    for k in range(count):
+        Z = int(rng.integers(20, 601))
+        policy = replace(POLICIES[int(rng.integers(len(POLICIES)))], filter=FILTERS[int(rng.integers(len(FILTERS)))])
+        spec = MCH(Z, policy, interval=int(rng.integers(1, 5)), offset=int(rng.integers(0, 3)) * 1000)
+        pool = int(rng.integers(Z // 2 + 2, 4 * Z))
+        steps: List[Step] = []
+        for j in range(int(rng.integers(6, 16))):
+            op = "forward" if j == 0 else LARGE_OPS[int(rng.integers(len(LARGE_OPS)))]
+            if op == "forward":
+                n = 800 if j == 0 else int(rng.integers(1, 801))
+                ids = (rng.zipf(1.2, n) - 1 + rng.integers(-3, 3, n)) % pool - 3
+                steps.append(forward(ids.tolist(), lengths=_split(rng, n)))
+            else:
+                steps.append({"evict": EVICT, "train": TRAIN, "eval": EVAL}[op])
+        out.append(Stream(f"large table {k} (Z={Z})", spec, tuple(steps)))
+    return tuple(out)
+
+
+def _split(rng: np.random.Generator, n: int) -> Tuple[int, ...]:
+    """n ids in 1 to 8 bags, some of them empty."""
+    cuts = np.sort(rng.integers(0, n + 1, int(rng.integers(0, 8))))
+    return tuple(int(x) for x in np.diff(np.concatenate([[0], cuts, [n]])))
+
+
 def torchrec_fits(steps: Sequence[Step], interval: int) -> bool:
     """Whether TorchRec records every id of `steps` (run on a module that has not yet profiled):
     its window holds H = int(n I 1.25) ids, n = the first training batch's size, and is emptied

@@ -144,6 +144,14 @@ def test_torchrec_fits():
     assert all(mk.fits_torchrec(s) for s in ms.NAMED + ms.COLLECTIONS + ms.WRAPPED)
 
 
+def test_large_streams_are_large_reproducible_and_fit_torchrec():
+    streams = ms.large_streams(4)
+    assert [s.describe() for s in streams] == [s.describe() for s in ms.large_streams(4)]
+    assert all(s.module.zch_size >= 20 and len(s.steps[0].ids()) == 800 for s in streams)
+    assert all(mk.fits_torchrec(s) for s in streams)
+    assert any(n == 0 for s in streams for step in s.steps for _, _, ls in step.features for n in ls)
+
+
 def test_random_streams_are_reproducible_and_varied():
     a = [ms.random_stream(np.random.default_rng(7)).describe() for _ in range(2)]
     assert a[0] == a[1]

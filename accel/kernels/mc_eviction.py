@@ -143,13 +143,17 @@ _SMALL_COUNTS = 1 << 16
 
 
 # Key kinds: the bits of int64, float32 or float64 scores.
-_INT_KEY, _F32_KEY, _F64_KEY = 0, 1, 2
+# _KEYS: the "scores" are keys already (float scores are turned into a key array once, so the passes of the
+# cut compare integers).
+_INT_KEY, _F32_KEY, _F64_KEY, _KEYS = 0, 1, 2, 3
 
 
 @_device.cpu_helper()
 def _key(x, bits, kind):
     # x a score, bits its bit pattern (the same memory viewed as unsigned).
     b = np.uint64(bits)
+    if kind == _KEYS:
+        return b
     if kind == _INT_KEY:
         return b ^ _SIGN64
     if x != x:
@@ -240,6 +244,15 @@ def _hist_cut(hist, sn, rank):
 
 
 @_device.cpu_jit()
+def _key_array(s, bits, kind):
+    # Every score's key, once.
+    out = np.empty(s.shape[0], np.uint64)
+    for i in range(s.shape[0]):
+        out[i] = _key(s[i], bits[i], kind)
+    return out
+
+
+@_device.cpu_jit()
 def _kth_key(st, bt, sn, bn, kind, rank, shifts, widths):
     # The rank-th smallest key (0-based) and the number of keys below it: MSD radix select, each level
     # counting the next digit (bits [shift, shift + width)) of the keys that share the digits chosen so far.
@@ -286,49 +299,52 @@ def _descending(keys):
 
 
 @_device.cpu_jit()
-def _cut_cpu(st, bt, sn, bn, kind, v, below, table_below):
-    # The m lowest-ranked of the Z + m entries (rank: key descending, then concatenation index ascending):
-    # every entry keyed below v, the m-th smallest key (`below` of them), and of those keyed v the ones with
-    # the highest indices (candidates before table slots). Returns ev (dropped slots) and sel (kept
-    # candidates), each in rank order. table_below = 0 says no table key is below v (known from the
-    # histogram): the dropped slots are then exactly the ties found by the scan from the table's end, and
-    # the full pass over the table is skipped.
+def _tie_cuts(st, bt, sn, bn, kind, v, need):
+    # From the end of the concatenation, the `need` entries keyed v that are dropped: candidates j >= cut_new,
+    # then table slots i >= cut_table (their positions, descending, in ties).
     Z = st.shape[0]
     m = sn.shape[0]
-    need = m - below
-    cut_new = m  # candidates j >= cut_new keyed v are dropped
-    cut_table = Z  # table slots i >= cut_table keyed v are dropped
+    cut_new = m
+    cut_table = Z
     j = m - 1
     while need > 0 and j >= 0:
         if _key(sn[j], bn[j], kind) == v:
             cut_new = j
             need -= 1
         j -= 1
-    ties = np.empty(need if need > 0 else 0, np.int64)
-    found = 0
+    ties = np.empty(max(need, 0), np.int64)
     if need > 0:
         cut_new = 0
+        found = 0
         i = Z - 1
-        while found < ties.shape[0]:
+        while found < need:
             if _key(st[i], bt[i], kind) == v:
                 cut_table = i
                 ties[found] = i
                 found += 1
             i -= 1
-    if table_below == 0:
-        ev = ties[::-1].copy()
-        ev_key = np.full(found, v, np.uint64)
-        k = found
-    else:
-        ev = np.empty(min(Z, m), np.int64)
-        ev_key = np.empty(min(Z, m), np.uint64)
-        k = 0
-        for i in range(Z):
-            x = _key(st[i], bt[i], kind)
-            if x < v or (x == v and i >= cut_table):
-                ev[k] = i
-                ev_key[k] = x
-                k += 1
+    return cut_new, cut_table, ties
+
+
+@_device.cpu_jit()
+def _dropped_slots(st, bt, kind, v, cut_table, capacity):
+    # Table slots keyed below v, or keyed v at or after cut_table, ascending, with their keys.
+    ev = np.empty(capacity, np.int64)
+    ev_key = np.empty(capacity, np.uint64)
+    k = 0
+    for i in range(st.shape[0]):
+        x = _key(st[i], bt[i], kind)
+        if x < v or (x == v and i >= cut_table):
+            ev[k] = i
+            ev_key[k] = x
+            k += 1
+    return ev[:k], ev_key[:k]
+
+
+@_device.cpu_jit()
+def _kept_candidates(sn, bn, kind, v, cut_new):
+    # Candidates keyed above v, or keyed v before cut_new, ascending, with their keys.
+    m = sn.shape[0]
     sel = np.empty(m, np.int64)
     sel_key = np.empty(m, np.uint64)
     q = 0
@@ -338,10 +354,28 @@ def _cut_cpu(st, bt, sn, bn, kind, v, below, table_below):
             sel[q] = j
             sel_key[q] = x
             q += 1
+    return sel[:q], sel_key[:q]
+
+
+@_device.cpu_jit()
+def _cut_cpu(st, bt, sn, bn, kind, v, below, table_below):
+    # The m lowest-ranked of the Z + m entries (rank: key descending, then concatenation index ascending):
+    # every entry keyed below v, the m-th smallest key (`below` of them), and of those keyed v the ones with
+    # the highest indices (candidates before table slots). Returns ev (dropped slots) and sel (kept
+    # candidates), each in rank order. table_below = 0 says no table key is below v (known from the
+    # histogram): the dropped slots are then exactly the ties found by the scan from the table's end, and
+    # the full pass over the table is skipped. (The passes are separate functions: fused into one, LLVM
+    # compiled them about ten times slower.)
+    m = sn.shape[0]
+    cut_new, cut_table, ties = _tie_cuts(st, bt, sn, bn, kind, v, m - below)
+    if table_below == 0:
+        ev = ties[::-1].copy()
+        ev_key = np.full(ev.shape[0], v, np.uint64)
+    else:
+        ev, ev_key = _dropped_slots(st, bt, kind, v, cut_table, min(st.shape[0], m))
+    sel, sel_key = _kept_candidates(sn, bn, kind, v, cut_new)
     # Rank order: a stable sort by key descending of the entries gathered in index order.
-    ev = ev[:k][_descending(ev_key[:k])]
-    sel = sel[:q][_descending(sel_key[:q])]
-    return ev, sel
+    return ev[_descending(ev_key)], sel[_descending(sel_key)]
 
 
 @_device.cpu_jit()
@@ -400,22 +434,23 @@ def _shift_segment(a, start, end, shift):
 
 
 @_device.cpu_jit()
-def _merge_in_place(raw, mapping, counts, last, has_counts, has_last, gone, new_raw, new_map, new_c, new_l):
-    # The table without the slots `gone` (ascending), merged with the k new entries (new_raw ascending, no
-    # id equal to a remaining one), in place. Remaining entry i lands at i + shift(i), shift(i) = #(new ids
-    # inserted at or before i) - #(gone slots before i): constant between events, so the table moves as at
-    # most 2k + 1 segments, and segments that do not shift are not touched. Left-moving segments are moved
-    # first, left to right, then right-moving ones right to left: the final positions increase with i, so
-    # each move only overwrites entries already moved or gone.
-    Z = raw.shape[0]
-    k = gone.shape[0]
+def _insert_points(raw, new_raw):
     # ins[q]: the original position before which new entry q goes (the table still holds the gone slots, in
-    # order, so the search over all of it counts them where they are).
-    ins = np.empty(k, np.int64)
+    # order, so the search over all of it counts them where they are); new_raw ascending, so each search
+    # gallops on from the last.
+    ins = np.empty(new_raw.shape[0], np.int64)
     pos = 0
-    for q in range(k):
-        pos = gallop(raw, Z, pos, new_raw[q])
+    for q in range(new_raw.shape[0]):
+        pos = gallop(raw, raw.shape[0], pos, new_raw[q])
         ins[q] = pos
+    return ins
+
+
+@_device.cpu_jit()
+def _segments(Z, gone, ins):
+    # The runs of remaining entries between events, with their shift: +1 for each insertion at or before
+    # them, -1 for each gone slot before them.
+    k = gone.shape[0]
     seg_start = np.empty(2 * k + 1, np.int64)
     seg_end = np.empty(2 * k + 1, np.int64)
     seg_shift = np.empty(2 * k + 1, np.int64)
@@ -443,29 +478,51 @@ def _merge_in_place(raw, mapping, counts, last, has_counts, has_last, gone, new_
         seg_shift[ns] = shift
         ns += 1
         i = end
-    for order in range(2):
-        for t in range(ns):
-            g = t if order == 0 else ns - 1 - t
-            sh = seg_shift[g]
-            if (order == 0 and sh < 0) or (order == 1 and sh > 0):
-                _shift_segment(raw, seg_start[g], seg_end[g], sh)
-                _shift_segment(mapping, seg_start[g], seg_end[g], sh)
-                if has_counts:
-                    _shift_segment(counts, seg_start[g], seg_end[g], sh)
-                if has_last:
-                    _shift_segment(last, seg_start[g], seg_end[g], sh)
+    return seg_start[:ns], seg_end[:ns], seg_shift[:ns]
+
+
+@_device.cpu_jit()
+def _move_segments(a, seg_start, seg_end, seg_shift):
+    # Left-moving segments left to right, then right-moving ones right to left: the final positions
+    # increase along the table, so each move only overwrites entries already moved or gone.
+    ns = seg_start.shape[0]
+    for g in range(ns):
+        if seg_shift[g] < 0:
+            _shift_segment(a, seg_start[g], seg_end[g], seg_shift[g])
+    for g in range(ns - 1, -1, -1):
+        if seg_shift[g] > 0:
+            _shift_segment(a, seg_start[g], seg_end[g], seg_shift[g])
+
+
+@_device.cpu_jit()
+def _place_new(a, gone, ins, values):
     # New entry q lands after the remaining entries below it and the q new ones before it.
     gi = 0
-    for q in range(k):
-        while gi < k and gone[gi] < ins[q]:
+    for q in range(ins.shape[0]):
+        while gi < gone.shape[0] and gone[gi] < ins[q]:
             gi += 1
-        out = ins[q] - gi + q
-        raw[out] = new_raw[q]
-        mapping[out] = new_map[q]
-        if has_counts:
-            counts[out] = new_c[q]
-        if has_last:
-            last[out] = new_l[q]
+        a[ins[q] - gi + q] = values[q]
+
+
+@_device.cpu_jit()
+def _merge_in_place(raw, mapping, counts, last, has_counts, has_last, gone, new_raw, new_map, new_c, new_l):
+    # The table without the slots `gone` (ascending), merged with the k new entries (new_raw ascending, no
+    # id equal to a remaining one), in place. Remaining entry i lands at i + shift(i), shift(i) = #(new ids
+    # inserted at or before i) - #(gone slots before i): constant between events, so the table moves as at
+    # most 2k + 1 segments, and segments that do not shift are not touched. (Each step is its own function:
+    # fused, LLVM compiled the loops several times slower.)
+    ins = _insert_points(raw, new_raw)
+    seg_start, seg_end, seg_shift = _segments(raw.shape[0], gone, ins)
+    _move_segments(raw, seg_start, seg_end, seg_shift)
+    _move_segments(mapping, seg_start, seg_end, seg_shift)
+    _place_new(raw, gone, ins, new_raw)
+    _place_new(mapping, gone, ins, new_map)
+    if has_counts:
+        _move_segments(counts, seg_start, seg_end, seg_shift)
+        _place_new(counts, gone, ins, new_c)
+    if has_last:
+        _move_segments(last, seg_start, seg_end, seg_shift)
+        _place_new(last, gone, ins, new_l)
 
 
 @_device.cpu_jit()
@@ -583,9 +640,15 @@ def cut(s_table: np.ndarray, s_new: np.ndarray, hist: Optional[np.ndarray] = Non
         v, below, table_below = _hist_cut(hist, sn, m - 1)
     if kind == _INT_KEY and below < 0:
         v, below = _small_int_cut(st, bt, sn, bn, m - 1)
+    levels = _LEVELS[kind]
+    if kind != _INT_KEY:
+        # Float keys take a few branches each: computed once, then every pass compares integers.
+        st = bt = _key_array(st, bt, kind)
+        sn = bn = _key_array(sn, bn, kind)
+        kind = _KEYS
     if below < 0:
-        v, below = _kth_key(st, bt, sn, bn, kind, m - 1, *_LEVELS[kind])
-    return _cut_cpu(st, bt, sn, bn, kind, v, below, table_below)
+        v, below = _kth_key(st, bt, sn, bn, kind, m - 1, *levels)
+    return _cut_cpu(st, bt, sn, bn, kind, np.uint64(v), below, table_below)
 
 
 def _stamp(t: torch.Tensor) -> Tuple[int, int]:

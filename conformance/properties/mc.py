@@ -269,7 +269,7 @@ RECORDS += [
            "of the evicted output ids of each table with the table's init (TorchRec: a no-op)"),
     record("evict", "bad_input", "error", "hand-written evictions", mk.check_evict_errors,
            "CONTRACT: a table the collection does not have (ValueError) or an id outside [0, num_embeddings) "
-           "(IndexError), naming the table, before any row changes"),
+           "(IndexError or ValueError), naming the table, before any row changes"),
     discrepancy("ManagedCollisionModule", "D21", "constructor", md.check_d21,
                 'page: "ManagedCollisionModule(device)" with max_output_id, input_hash_size, '
                 "remapping_range_start_index; sem. 16 D21: (device, output_segments, ...)"),

@@ -234,6 +234,22 @@ def test_an_error_record_fails_when_nothing_is_raised(ctx):
     assert row.status == FAIL and "raised nothing" in row.detail
 
 
+def test_out_of_range_accepts_index_or_value_error_naming_the_table():
+    case = mk.MCError("evict", Stream("", MCH(4), ()), None, mk._OutOfRange, r"'t'[\s\S]*6")
+
+    def raising(exc):
+        def call():
+            raise exc
+
+        return call
+
+    assert mk._raised(raising(IndexError("table 't': id 6")), case) == ""
+    assert mk._raised(raising(ValueError("table 't': id 6")), case) == ""
+    assert "expected IndexError" in mk._raised(raising(KeyError("t 6")), case)
+    assert "does not match" in mk._raised(raising(ValueError("id 6")), case)
+    assert "raised nothing" in mk._raised(lambda: None, case)
+
+
 def test_deviation_streams_skip_against_torchrec_with_a_reason():
     record = _record("MCHManagedCollisionModule/forward[growing window]")
     outcome = mk.check_deviation_streams(record, Context(against="torchrec"))

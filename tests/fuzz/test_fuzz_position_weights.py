@@ -1,7 +1,7 @@
 """Fuzz: PositionWeightedModule and PositionWeightedProcessor in refimpl and accel, fed malformed jagged input.
 
 Bags are drawn with zero lengths and lengths past the feature's max length, then one fault is planted in the
-layout (offsets that go down, do not start at 0, end short or past the ids, an offset near 2^62; int32 parts;
+layout (a negative or a 2^62 length, offsets that go down, do not start at 0, end short or past the ids, an offset near 2^62; int32 parts;
 float offsets) or, for the processor, in the positions carried as weights (NaN, +-Inf, negative, too large,
 fractional). The parts reach the modules as the package's own jagged types or as plain objects with TorchRec's
 accessors, which nothing validated before. Both packages must raise a ValueError / IndexError / TypeError
@@ -20,7 +20,7 @@ from tests.fuzz.conftest import assert_clear_error, assert_same_values, outcome
 
 MAX_LENGTHS = {"f": 3, "g": 1}
 NAMED = ("offsets", "lengths", "values", "weights", "position", "feature", "'f'", "'g'", "keys")
-LAYOUT_FAULTS = ("none", "bag past max length", "offsets going down", "offsets not starting at 0",
+LAYOUT_FAULTS = ("none", "bag past max length", "negative length", "huge length", "offsets going down", "offsets not starting at 0",
                  "offsets ending short", "offsets past the ids", "offset near 2^62", "int32 parts", "float offsets")
 POSITION_FAULTS = ("none", "nan", "inf", "-inf", "negative", "too large", "fractional", "2^63")
 
@@ -62,6 +62,9 @@ def jagged_parts(draw, rows, max_length):
         lengths[draw(st.integers(0, rows - 1))] = max_length + 1
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         values = np.arange(int(offsets[-1]), dtype=np.int64)
+    elif fault in ("negative length", "huge length") and rows:
+        lengths[draw(st.integers(0, rows - 1))] = -1 if fault == "negative length" else 2**62
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     elif fault == "offsets going down" and rows:
         i = draw(st.integers(1, rows))
         offsets[i] = offsets[i - 1] - draw(st.integers(1, 2))

@@ -16,8 +16,10 @@ from typing import Any, List, Optional, Sequence
 
 from conformance.properties import mc_checks as mk
 from conformance.properties import mc_discrepancies as md
+from conformance.properties import mc_invariants as mi
 from conformance.properties import mc_streams as ms
 from conformance.properties import mc_vectors as mv
+from conformance.properties import mc_wrapped as mw
 from conformance.properties.mc_checks import MCError
 from conformance.properties.mc_io import (
     EVICT,
@@ -58,7 +60,7 @@ def discrepancy(module: str, ident: str, name: str, check: Any, spec: str) -> Re
 
 def invariant(prop: str, which: Sequence[str], spec: str, **options: Any) -> Record:
     return record("MCHManagedCollisionModule", prop, "invariant", "random streams (mc_streams.streams)",
-                  mk.check_invariants, spec, (RANDOM_STREAMS, tuple(which), tuple(options.items())))
+                  mi.check_invariants, spec, (RANDOM_STREAMS, tuple(which), tuple(options.items())))
 
 
 def _vectors(prefix: Sequence[str]) -> tuple:
@@ -96,10 +98,10 @@ RECORDS += [
     invariant("eval_never_changes_state", ("eval",), "issue 4 item 5 / sem. 11.3 profile: in eval mode forward is a "
               "pure lookup (no state change, iteration not advanced); evict(), train(), eval() and remap() change "
               "no state_dict entry"),
-    invariant("invariants[probabilistic filter]", mk.INVARIANTS, TABLE_SPEC + "; the same invariants with the "
+    invariant("invariants[probabilistic filter]", mi.INVARIANTS, TABLE_SPEC + "; the same invariants with the "
               "probabilistic filter, whose draws differ between packages", probabilistic=True),
     record("MCHManagedCollisionModule", "state_dict_continues", "invariant", "random streams (mc_streams.streams)",
-           mk.check_checkpoint, "issue 4 item 5 / sem. 11.3 State dict: a state_dict saved after an eviction round "
+           mi.check_checkpoint, "issue 4 item 5 / sem. 11.3 State dict: a state_dict saved after an eviction round "
            "and loaded into a fresh module continues the stream identically", (RANDOM_STREAMS,)),
     record("MCHManagedCollisionModule", "bad_input", "error", "hand-written bad inputs", mk.check_errors,
            "issue 4 item 6: non-int64 ids, the reserved id 2^63 - 1, zch_size < 2, eviction_interval < 1 and a hash "
@@ -264,10 +266,10 @@ RECORDS += [
 
 # --- the base class and the helpers ----------------------------------------------------------------------
 RECORDS += [
-    record("evict", "reinitialises_rows", "forward", "hand-written evictions", mk.check_evict_function,
+    record("evict", "reinitialises_rows", "forward", "hand-written evictions", mw.check_evict_function,
            "issue 4 item 4 / ledger D30: mc_embedding_modules.evict(evictions, collection) re-initialises the rows "
            "of the evicted output ids of each table with the table's init (TorchRec: a no-op)"),
-    record("evict", "bad_input", "error", "hand-written evictions", mk.check_evict_errors,
+    record("evict", "bad_input", "error", "hand-written evictions", mw.check_evict_errors,
            "CONTRACT: a table the collection does not have (ValueError) or an id outside [0, num_embeddings) "
            "(IndexError or ValueError), naming the table, before any row changes"),
     discrepancy("ManagedCollisionModule", "D21", "constructor", md.check_d21,

@@ -1,5 +1,7 @@
-"""Checks of the managed-collision records: stream agreement, sem. 14's vectors, invariants over
-random streams, state_dict round trips and bad input.
+"""Checks of the managed-collision records: stream agreement (fixed and random streams), sem. 14's
+vectors, bad input and the threshold filters; the helpers the other check files share. The
+invariants and state_dict round trips are in mc_invariants, the MC embedding collections and
+mc_embedding_modules.evict in mc_wrapped.
 
 Each is `check(record, ctx) -> Outcome`; "the package under test" is `ctx.against` (accel, or
 TorchRec). Agreement is exact: every remapped id, every evict() result and every state_dict
@@ -10,8 +12,8 @@ window counts), never by either package.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,11 +21,9 @@ from conformance import generators
 from conformance.checks import expect_error
 from conformance.properties import mc_io as io
 from conformance.properties import mc_streams
-from conformance.properties.mc_io import MAX, MCH, Stream, Tables, Wrapped
+from conformance.properties.mc_io import MAX, MCH, Stream, Wrapped
 from conformance.records import Record
 from conformance.runner import FAIL, PASS, SKIP, Context, Outcome
-
-EPS32 = float(np.finfo(np.float32).eps)
 
 
 def sides(record: Record, ctx: Context) -> List[str]:
@@ -68,6 +68,8 @@ def _table_step(step: io.Step, features: Sequence[str]) -> io.Step:
 def agreement_problem(stream: Stream, ctx: Context) -> str:
     """'' when the package under test and refimpl show the same arrays after every step."""
     if isinstance(stream.module, Wrapped):
+        from conformance.properties.mc_wrapped import wrapped_problem
+
         try:
             return wrapped_problem(stream, ctx)
         except Exception as exc:  # the failure is the finding
@@ -203,337 +205,6 @@ def check_vectors(record: Record, ctx: Context) -> Outcome:
     return _outcome(problems, count)
 
 
-# --- invariants ------------------------------------------------------------------------------------
-INVARIANTS = ("table", "outputs", "resident", "lfu", "eval")
-
-
-def lookup(raw: np.ndarray, mapping: np.ndarray, ids: np.ndarray, miss: int) -> np.ndarray:
-    """out_j = map[pos] if raw[pos] == x_j else miss, pos = searchsorted_left(raw[0:Z-1], x_j) (sem. 11.3 remap)."""
-    Z = raw.shape[0]
-    out = np.empty(ids.shape[0], dtype=np.int64)
-    for j, x in enumerate(ids):
-        pos = int(np.searchsorted(raw[:Z - 1], x, side="left"))
-        out[j] = mapping[pos] if pos < Z - 1 and raw[pos] == x else miss
-    return out
-
-
-def table_problem(state: Dict[str, np.ndarray], spec: MCH, open_slots: Optional[np.ndarray]) -> str:
-    """The table is sorted with no duplicate real ids, holds at most Z - 1 of them with the
-    sentinel last, and its output ids are a permutation of [off, off + Z) ending in the miss id."""
-    Z, off = spec.zch_size, spec.offset
-    raw, mapping = state["_mch_sorted_raw_ids"], state["_mch_remapped_ids_mapping"]
-    if raw.shape != (Z,) or mapping.shape != (Z,):
-        return f"raw ids shape {raw.shape}, map shape {mapping.shape}, expected ({Z},)"
-    if np.any(raw[1:] < raw[:-1]):
-        return f"raw ids not sorted: {_list(raw)}"
-    real = raw[raw != MAX]
-    if np.any(real[1:] == real[:-1]):
-        return f"duplicate real ids: {_list(raw)}"
-    if real.size > Z - 1 or raw[Z - 1] != MAX:
-        return f"{real.size} managed ids (at most Z - 1 = {Z - 1}), last slot {_list(raw[-1:])}: {_list(raw)}"
-    if sorted(mapping.tolist()) != list(range(off, off + Z)) or mapping[Z - 1] != off + Z - 1:
-        return f"output ids {mapping.tolist()} are not a permutation of [{off}, {off + Z}) ending in {off + Z - 1}"
-    if open_slots is not None and open_slots.tolist() != [Z - 1 - real.size]:
-        return f"open_slots() {open_slots.tolist()}, expected [{Z - 1 - real.size}]"
-    return ""
-
-
-def _table(state: Dict[str, np.ndarray]) -> Dict[int, Tuple[int, Dict[str, int]]]:
-    """real id -> (output id, metadata) for every managed id."""
-    raw, mapping = state["_mch_sorted_raw_ids"], state["_mch_remapped_ids_mapping"]
-    meta = {k[len("_mch_"):]: v for k, v in state.items() if k.startswith("_mch_") and k not in (
-        "_mch_sorted_raw_ids", "_mch_remapped_ids_mapping")}
-    return {int(x): (int(mapping[s]), {k: int(v[s]) for k, v in meta.items()})
-            for s, x in enumerate(raw) if x != MAX}
-
-
-def lfu_problem(before: Dict[int, Any], after: Dict[int, Any], window: List[int], filtered: bool) -> str:
-    """An LFU round admits a candidate only over residents with a strictly lower count: every
-    admitted id's count exceeds every evicted resident's count (its stored count plus this
-    window's occurrences, or at least the stored count when a filter may have dropped them)."""
-    admitted = [x for x in after if x not in before]
-    evicted = [x for x in before if x not in after]
-    seen = {x: window.count(x) for x in set(window)}
-    for a in admitted:
-        if not filtered and after[a][1]["counts"] != seen.get(a, 0):
-            return f"admitted id {a} has count {after[a][1]['counts']}, seen {seen.get(a, 0)} times in the window"
-    if not filtered:
-        for x in set(before) & set(after):
-            want = before[x][1]["counts"] + seen.get(x, 0)
-            if after[x][1]["counts"] != want:
-                return f"resident {x} has count {after[x][1]['counts']}, expected {want}"
-    if admitted and evicted:
-        low = min(after[a][1]["counts"] for a in admitted)
-        scores = {e: before[e][1]["counts"] + (0 if filtered else seen.get(e, 0)) for e in evicted}
-        worst = max(scores, key=scores.get)
-        if low <= scores[worst]:
-            return (f"evicted resident {worst} (count {scores[worst]}) for a candidate with count {low} "
-                    f"(admitted {admitted}, evicted {evicted})")
-    return ""
-
-
-def invariant_problem(stream: Stream, package: str, ctx: Context, which: Sequence[str] = INVARIANTS) -> str:
-    """'' when every invariant in `which` holds after every step of `stream` in `package`."""
-    spec: MCH = stream.module
-    device = ctx.device if package != "refimpl" else "cpu"
-    with io.running(package, ctx.seed):
-        module = io.build(stream, package, device, ctx.seed)
-        before = io.state_of(module)
-        training, window = True, []
-        for i, step in enumerate(stream.steps):
-            obs = io.observe(module, step, package, device)
-            after = {k[len("state "):]: v for k, v in obs.items() if k is not None and k.startswith("state ")}
-            where = f"step {i} {step.describe()}"
-            problem = _step_problem(spec, step, obs, before, after, training, window, which)
-            if problem:
-                return f"{where}: {problem}"
-            if step.op in ("train", "eval"):
-                training = step.op == "train"
-            before = after
-    return ""
-
-
-def _step_problem(spec: MCH, step: io.Step, obs: io.Observation, before: Dict[str, np.ndarray],
-                  after: Dict[str, np.ndarray], training: bool, window: List[int], which: Sequence[str]) -> str:
-    Z, off = spec.zch_size, spec.offset
-    if "table" in which:
-        problem = table_problem(after, spec, obs.get("open_slots"))
-        if problem:
-            return problem
-    changed = [k for k in after if not np.array_equal(after[k], before[k])]
-    profiles = step.op == "forward" and training
-    if not profiles and changed and ("eval" in which or step.op != "forward"):
-        return f"{'eval-mode forward' if step.op == 'forward' else step.op + '()'} changed {changed}"
-    if step.op in ("forward", "remap") and "outputs" in which:
-        ids = step.ids() if step.op == "remap" else spec.hashed(step.ids())
-        got = np.concatenate([obs[f"values[{k}]"] for k, _, _ in step.features]) if step.features else ids
-        if np.any((got < off) | (got >= off + Z)):
-            return f"output ids {got.tolist()} outside [{off}, {off + Z})"
-        want = lookup(after["_mch_sorted_raw_ids"], after["_mch_remapped_ids_mapping"], ids, off + Z - 1)
-        if got.tolist() != want.tolist():
-            return f"output ids {got.tolist()}, the table after the step gives {want.tolist()}"
-    if step.op == "evict" and obs.get("evict") is not None:
-        ev = obs["evict"]
-        if np.any((ev < off) | (ev >= off + Z - 1)) or len(set(ev.tolist())) != ev.size:
-            return f"evict() gave {ev.tolist()}: expected distinct ids in [{off}, {off + Z - 1})"
-    if not profiles:
-        return ""
-    old, new = _table(before), _table(after)
-    if "resident" in which:
-        moved = [x for x in set(old) & set(new) if old[x][0] != new[x][0]]
-        if moved:
-            return f"resident ids {moved} changed output id: {[(old[x][0], new[x][0]) for x in moved]}"
-    window.extend(spec.hashed(step.ids()).tolist())
-    iteration = int(after["_current_iter_tensor"][0])
-    if iteration % spec.interval:  # no eviction round this step: the table must not move
-        if set(old) != set(new):
-            return f"the managed ids changed without an eviction round (iteration {iteration}, I={spec.interval})"
-        return ""
-    problem = ""
-    if "lfu" in which and spec.policy.name == "LFU":
-        problem = lfu_problem(old, new, window, spec.policy.filter is not None)
-    window.clear()
-    return problem
-
-
-def invariant_streams(options: Dict[str, Any]) -> List[Stream]:
-    """The named MCH streams an invariant record also runs (those of its policies, without the
-    probabilistic filter), so that every invariant sees full tables and evictions of residents."""
-    names = {p.name for p in options.get("policies", mc_streams.POLICIES)}
-    return [s for s in mc_streams.NAMED if s.module.policy.name in names]
-
-
-def check_invariants(record: Record, ctx: Context) -> Outcome:
-    """record.data = (number of random streams, invariants, compose options): the invariants hold
-    after every step of the named streams and of each random stream, in refimpl and in the
-    package under test."""
-    n, which, options = record.data
-    problems, count = [], 0
-    for package in sides(record, ctx):
-        for stream in invariant_streams(dict(options)):
-            if package == "torchrec" and not fits_torchrec(stream):
-                continue
-            count += 1
-            problem = invariant_problem(stream, package, ctx, which)
-            if problem:
-                problems.append(f"{package}: {problem} (stream '{stream.name}')")
-        runs, problem = for_random_streams(n, ctx, f"{record.id}/{package}",
-                                           lambda s, p=package: invariant_problem(s, p, ctx, which),
-                                           torchrec_safe=package == "torchrec", **dict(options))
-        count += runs
-        if problem:
-            problems.append(f"{package}: {problem}")
-    return _outcome(problems, count)
-
-
-# --- state_dict round trip ------------------------------------------------------------------------
-def save_points(stream: Stream) -> List[int]:
-    """Steps after which an eviction round just closed in training mode (the history window is
-    empty, and history is not part of the state_dict), with steps still to come."""
-    spec: MCH = stream.module
-    training, forwards, out = True, 0, []
-    for i, step in enumerate(stream.steps[:-1]):
-        if step.op in ("train", "eval"):
-            training = step.op == "train"
-        if step.op == "forward" and training:
-            forwards += 1
-            if forwards % spec.interval == 0:
-                out.append(i)
-    return out
-
-
-def _load(module: Any, state: Dict[str, np.ndarray], package: str) -> None:
-    if package == "refimpl":
-        module.load_state_dict(state)
-        return
-    import torch
-
-    module.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
-
-
-def checkpoint_problem(stream: Stream, package: str, ctx: Context) -> str:
-    """Save the state_dict right after an eviction round (evict() called first, since pending
-    evictions are not saved), load it into a fresh module, and run the rest of the stream on
-    both: they must show the same arrays after every step."""
-    points = save_points(stream)
-    device = ctx.device if package != "refimpl" else "cpu"
-    for k in points[:1] + points[-1:] if len(points) > 1 else points:
-        rest = stream.steps[k + 1:]
-        if package == "torchrec" and not mc_streams.torchrec_fits(rest, stream.module.interval):
-            continue  # the fresh module's window is sized by its own first batch (D37)
-        with io.running(package, ctx.seed):
-            original = io.build(stream, package, device, ctx.seed)
-            for step in stream.steps[:k + 1]:
-                io.observe(original, step, package, device)
-            original.evict()
-            fresh = io.build(stream, package, device, ctx.seed)
-            _load(fresh, io.state_of(original), package)
-            fresh.train()
-            ref = [io.observe(original, s, package, device) for s in rest]
-            got = [io.observe(fresh, s, package, device) for s in rest]
-        problem = io.first_difference(got, ref, rest, start=k + 1)
-        if problem:
-            return f"saved after step {k}, the loaded module differs from the original: {problem}"
-    return ""
-
-
-def check_checkpoint(record: Record, ctx: Context) -> Outcome:
-    """state_dict saved mid-stream and loaded into a fresh module continues the stream exactly."""
-    n = record.data[0]
-    problems, count = [], 0
-    for package in sides(record, ctx):
-        runs, problem = for_random_streams(n, ctx, f"{record.id}/{package}",
-                                           lambda s, p=package: checkpoint_problem(s, p, ctx),
-                                           torchrec_safe=package == "torchrec")
-        count += runs
-        if problem:
-            problems.append(f"{package}: {problem}")
-    return _outcome(problems, count)
-
-
-# --- the MC embedding collections ------------------------------------------------------------------
-def _weights(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    return {k: v for k, v in state.items() if k.startswith("_embedding_module.")}
-
-
-def _owner_changes(before: Dict[str, np.ndarray], after: Dict[str, np.ndarray], table: str) -> List[int]:
-    """The output ids (rows) of `table` whose owner changed in a step."""
-    prefix = f"_managed_collision_collection._managed_collision_modules.{table}."
-    owners = []
-    for state in (before, after):
-        raw, mapping = state[prefix + "_mch_sorted_raw_ids"], state[prefix + "_mch_remapped_ids_mapping"]
-        owners.append({int(m): int(r) for r, m in zip(raw, mapping)})
-    return sorted(m for m in owners[0] if owners[0][m] != owners[1][m])
-
-
-def _lookup(emb: Any, tables: Any, weights: Dict[str, np.ndarray], obs: io.Observation) -> io.Observation:
-    """refimpl's embedding module, holding `weights`, on a step's remapped features: what the step's
-    embeddings are when the lookup reads those rows."""
-    from refimpl.sparse import KeyedJaggedTensor
-
-    emb.load_state_dict({k[len("_embedding_module."):]: v for k, v in weights.items()})
-    keys = [str(k) for k in obs["remapped keys"]]
-    lengths = obs["remapped lengths"]
-    kjt = KeyedJaggedTensor(keys, obs["remapped values"], lengths=lengths,
-                            stride=lengths.shape[0] // len(keys) if keys else 0)
-    result = emb(kjt)
-    if isinstance(result, dict):
-        return {f"embeddings[{k}]": np.asarray(jt.values(), dtype=np.float64) for k, jt in result.items()}
-    return {"embeddings": np.asarray(result.values(), dtype=np.float64)}
-
-
-def _close(a: np.ndarray, b: np.ndarray, longest: int) -> bool:
-    """Equal within float32 rounding of a sum of `longest` rows: 4 L eps32 of the largest value."""
-    bound = 4 * max(longest, 1) * EPS32 * max(1.0, float(np.abs(b).max()) if b.size else 0.0)
-    return a.shape == b.shape and (a.size == 0 or float(np.abs(a - b).max()) <= bound)
-
-
-def _read_rows(got: io.Observation, before: io.Observation, after: io.Observation, longest: int) -> Optional[str]:
-    """Which rows the step's lookup read: "before" or "after" the evicted rows were re-initialised,
-    "either" when they give the same embeddings, None when neither reproduces the output."""
-    names = [n for n in before]
-    fits_before = all(_close(got[n], before[n], longest) for n in names)
-    fits_after = all(_close(got[n], after[n], longest) for n in names)
-    if fits_before and fits_after:
-        return "either"
-    return "before" if fits_before else "after" if fits_after else None
-
-
-def wrapped_problem(stream: Stream, ctx: Context, check_reinit: Optional[bool] = None) -> str:
-    """Both packages start every step from the same embedding rows (the torch module's, copied into
-    refimpl), and must show the same remapped features and MC state; the same rows re-initialised
-    by evict, exactly those whose slot changed owner, inside the table's init bounds (D30; not
-    TorchRec's no-op); and embeddings that are the lookup of the remapped ids in their own rows,
-    read at the same moment in both (before or after the re-initialisation), within float32
-    rounding. refimpl then takes the package's re-initialised rows, so that later steps compare."""
-    tables = stream.module.tables
-    check_reinit = ctx.against != "torchrec" if check_reinit is None else check_reinit
-    lookup_module = io.wrapped(tables, "refimpl")._embedding_module
-    with io.running(ctx.against, ctx.seed):
-        other = io.build(stream, ctx.against, ctx.device, ctx.seed)
-        ref = io.build(stream, "refimpl", seed=ctx.seed)
-        ref.load_state_dict(io.state_of(other))
-        before = io.state_of(other)
-        for i, step in enumerate(stream.steps):
-            where = f"step {i} {step.describe()}"
-            got = io.observe(other, step, ctx.against, ctx.device)
-            want = io.observe(ref, step, "refimpl")
-            ints = lambda name: not name.startswith(("embeddings", "state _embedding_module"))  # noqa: E731
-            problem = io.first_difference([{k: v for k, v in got.items() if ints(k)}],
-                                          [{k: v for k, v in want.items() if ints(k)}], [step], start=i)
-            if problem:
-                return problem
-            after = io.state_of(other)
-            ref_after = {k[len("state "):]: v for k, v in want.items() if k.startswith("state ")}
-            if step.op == "forward":
-                longest = int(step.batch.lengths.max()) if step.batch.lengths.size else 1
-                read = {}
-                from_before = _lookup(lookup_module, tables, _weights(before), want)
-                for side, obs, state in ((ctx.against, got, after), ("refimpl", want, ref_after)):
-                    read[side] = _read_rows(obs, from_before, _lookup(lookup_module, tables, _weights(state), want),
-                                            longest)
-                    if read[side] is None:
-                        return f"{where}: {side}'s embeddings are not the lookup of its remapped ids in its rows"
-                if "either" not in read.values() and read[ctx.against] != read["refimpl"]:
-                    return (f"{where}: {ctx.against} looks its rows up {read[ctx.against]} re-initialising the "
-                            f"evicted ones, refimpl {read['refimpl']}")
-            if check_reinit:
-                for t in tables.tables:
-                    key = next(k for k in _weights(after) if k.endswith(f".{t.name}.weight"))
-                    expected = _owner_changes(before, after, t.name)
-                    for side, state in ((ctx.against, after), ("refimpl", ref_after)):
-                        rows = np.nonzero(np.any(state[key] != before[key], axis=1))[0].tolist()
-                        if rows != expected:
-                            return (f"{where}: {side} re-initialised rows {rows} of {t.name}, the slots that "
-                                    f"changed owner are {expected}")
-                    bound = float(np.sqrt(1.0 / t.rows))
-                    if expected and float(np.abs(after[key][expected]).max()) > bound:
-                        return f"{where}: re-initialised rows of {t.name} outside +-{bound:.4g}"
-            ref.load_state_dict(_weights(after), strict=False)
-            before = after
-    return ""
-
-
 # --- bad input ------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class MCError:
@@ -629,92 +300,4 @@ def check_filter_vectors(record: Record, ctx: Context) -> Outcome:
             if got_mask.tolist() != list(mask) or float(got_threshold) != threshold:
                 problems.append(f"{package} {flt.describe()} on {list(counts)}: mask {got_mask.tolist()}, threshold "
                                 f"{float(got_threshold)!r}; sem. 11.1: {list(mask)}, {threshold!r}")
-    return _outcome(problems, count)
-
-
-# --- mc_embedding_modules.evict -------------------------------------------------------------------------
-EVICT_TABLES = Tables((io.Table("t", 6, ("f",), dim=3), io.Table("u", 4, ("g",), dim=3)))
-
-
-def _embedding_pair(kind: str, ctx: Context) -> Tuple[Any, Any]:
-    """(refimpl, package under test) embedding collections of EVICT_TABLES holding the same rows."""
-    from conformance.properties import embeddings_io as eio
-
-    spec = replace(EVICT_TABLES, kind=kind)
-    name = "EmbeddingBagCollection" if kind == "EmbeddingBagConfig" else "EmbeddingCollection"
-    import refimpl.modules.embedding_modules as em
-
-    ref = getattr(em, name)(spec.configs("refimpl"), rng=np.random.default_rng(ctx.seed))
-    other = eio.adapters.module_class(ctx.against, name)(spec.configs(ctx.against))
-    ref.load_state_dict(io.state_of(other))
-    return ref, other
-
-
-def _ids(package: str, ids: Optional[Sequence[int]]) -> Any:
-    if ids is None or package == "refimpl":
-        return None if ids is None else np.asarray(ids, dtype=np.int64)
-    import torch
-
-    return torch.tensor(list(ids), dtype=torch.int64)
-
-
-def check_evict_function(record: Record, ctx: Context) -> Outcome:
-    """evict({t: ids, u: None}, collection) re-initialises exactly rows `ids` of table t, inside
-    the init bounds +-sqrt(1/rows), and nothing else, in refimpl and the package under test (an
-    EmbeddingBagCollection and an EmbeddingCollection). TorchRec's evict does nothing (D30)."""
-    if ctx.against == "torchrec":
-        return Outcome(SKIP, detail="recspec deviates from TorchRec here on purpose (ledger D30); the D30 record "
-                                    "of ManagedCollisionEmbeddingBagCollection runs TorchRec's side")
-    problems, count, bound = [], 0, float(np.sqrt(1 / 6))
-    for kind in ("EmbeddingBagConfig", "EmbeddingConfig"):
-        with io.running(ctx.against, ctx.seed):
-            pair = _embedding_pair(kind, ctx)
-            before = io.state_of(pair[1])
-            for package, module in zip(("refimpl", ctx.against), pair):
-                count += 1
-                io.mc_embedding_modules(package).evict({"t": _ids(package, [4, 1]), "u": None}, module)
-                after = io.state_of(module)
-                for key in before:
-                    rows = np.nonzero(np.any(after[key] != before[key], axis=1))[0].tolist()
-                    want = [1, 4] if ".t." in key else []
-                    if rows != want:
-                        problems.append(f"{package} {kind}: rows {rows} of {key} changed, expected {want}")
-                    elif rows and float(np.abs(after[key][rows]).max()) > bound:
-                        problems.append(f"{package} {kind}: re-initialised rows of {key} outside +-{bound:.4g}")
-    return _outcome(problems, count)
-
-
-class _OutOfRange(Exception):
-    """Stands for "IndexError or ValueError" in an expected-error case (both allowed by the CONTRACT
-    for an id outside a table: refimpl raises IndexError, accel ValueError)."""
-
-
-def _raised(call: Callable[[], Any], case: MCError) -> str:
-    """expect_error, with _OutOfRange accepting IndexError and ValueError."""
-    if case.exception is not _OutOfRange:
-        return expect_error(call, case)
-    for exc in (IndexError, ValueError):
-        problem = expect_error(call, replace(case, exception=exc))
-        if not problem.startswith("raised "):
-            return problem
-    return expect_error(call, replace(case, exception=IndexError)) + " or ValueError"
-
-
-def check_evict_errors(record: Record, ctx: Context) -> Outcome:
-    """evict with a table the collection does not have raises ValueError naming it; with an id
-    outside [0, rows) raises IndexError or ValueError naming the table and the id; no row changes."""
-    problems, count = [], 0
-    cases = (({"x": [1]}, ValueError, r"'x'"), ({"t": [2, 6]}, _OutOfRange, r"'t'[\s\S]*6"))
-    with io.running(ctx.against, ctx.seed):
-        pair = _embedding_pair("EmbeddingBagConfig", ctx)
-        for package, module in zip(sides(record, ctx), pair):
-            before = io.state_of(module)
-            for evictions, exc, pattern in cases:
-                count += 1
-                ev = {t: _ids(package, ids) for t, ids in evictions.items()}
-                case = MCError(f"evict({evictions})", Stream("", EVICT_TABLES, ()), None, exc, pattern)
-                problem = _raised(lambda: io.mc_embedding_modules(package).evict(ev, module), case)
-                changed = [k for k, v in io.state_of(module).items() if not np.array_equal(v, before[k])]
-                if problem or changed:
-                    problems.append(f"{package} evict({evictions}): {problem or f'changed {changed}'}")
     return _outcome(problems, count)

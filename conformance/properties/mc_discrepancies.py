@@ -254,7 +254,7 @@ def check_d30(record: Record, ctx: Context) -> Outcome:
     (its evict is a no-op, and mc_embedding_modules.evict returns None); recspec re-initialises
     exactly the rows whose slot changed owner, inside the init bounds +-sqrt(1/rows), and keeps
     them with reinitialize_evicted_rows=False (TorchRec's behaviour, on request)."""
-    from conformance.properties.mc_checks import _owner_changes
+    from conformance.properties.mc_wrapped import _owner_changes
 
     problems = []
     spec = io.Wrapped(Tables((Table("t", 5, ("f",), dim=3),)))

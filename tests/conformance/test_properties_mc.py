@@ -13,9 +13,11 @@ from hypothesis import given
 from conformance import ledger
 from conformance.properties import RECORDS, mc
 from conformance.properties import mc_checks as mk
+from conformance.properties import mc_invariants as mi
 from conformance.properties import mc_io as io
 from conformance.properties import mc_streams as ms
 from conformance.properties import mc_vectors as mv
+from conformance.properties import mc_wrapped as mw
 from conformance.properties.mc_io import EVAL, EVICT, MAX, MCH, TRAIN, Policy, Stream, forward
 from conformance.runner import FAIL, PASS, SKIP, Context, run_record
 
@@ -86,7 +88,7 @@ def test_named_streams_have_empty_bags_negative_ids_and_every_policy():
 def test_lookup_by_hand():
     raw = np.array([-5, 3, 10, MAX, MAX], dtype=np.int64)
     mapping = np.array([12, 10, 13, 11, 14], dtype=np.int64)
-    got = mk.lookup(raw, mapping, np.array([3, -5, 4, 10, 11], dtype=np.int64), 14)
+    got = mi.lookup(raw, mapping, np.array([3, -5, 4, 10, 11], dtype=np.int64), 14)
     assert got.tolist() == [10, 12, 14, 13, 14]
 
 
@@ -103,38 +105,38 @@ def _state(raw, mapping):
     ([1, 2, MAX, MAX], [0, 1, 2, 2], "permutation"),
 ])
 def test_table_problem_detects_a_broken_table(raw, mapping, words):
-    assert words in mk.table_problem(_state(raw, mapping), MCH(4), None)
+    assert words in mi.table_problem(_state(raw, mapping), MCH(4), None)
 
 
 def test_table_problem_accepts_a_good_table_and_checks_open_slots():
     good = _state([-1, 7, MAX, MAX], [12, 10, 11, 13])
-    assert mk.table_problem(good, MCH(4, offset=10), np.array([1])) == ""
-    assert "open_slots" in mk.table_problem(good, MCH(4, offset=10), np.array([2]))
+    assert mi.table_problem(good, MCH(4, offset=10), np.array([1])) == ""
+    assert "open_slots" in mi.table_problem(good, MCH(4, offset=10), np.array([2]))
 
 
 def test_lfu_problem_detects_an_eviction_for_an_equal_count():
     before = {1: (0, {"counts": 3}), 2: (1, {"counts": 1})}
     fair = {1: (0, {"counts": 3}), 5: (1, {"counts": 2})}
-    assert mk.lfu_problem(before, fair, [5, 5], filtered=False) == ""
+    assert mi.lfu_problem(before, fair, [5, 5], filtered=False) == ""
     tie = {1: (0, {"counts": 3}), 5: (1, {"counts": 1})}
-    assert "evicted resident 2" in mk.lfu_problem(before, tie, [5], filtered=False)
+    assert "evicted resident 2" in mi.lfu_problem(before, tie, [5], filtered=False)
     wrong_count = {1: (0, {"counts": 3}), 5: (1, {"counts": 7})}
-    assert "admitted id 5 has count 7" in mk.lfu_problem(before, wrong_count, [5, 5], filtered=False)
+    assert "admitted id 5 has count 7" in mi.lfu_problem(before, wrong_count, [5, 5], filtered=False)
 
 
 def test_read_rows_tells_which_rows_a_lookup_read():
     before, after = {"embeddings": np.array([[1.0, 2.0]])}, {"embeddings": np.array([[5.0, 2.0]])}
-    assert mk._read_rows({"embeddings": np.array([[5.0, 2.0]])}, before, after, 1) == "after"
-    assert mk._read_rows({"embeddings": np.array([[1.0, 2.0]])}, before, after, 1) == "before"
-    assert mk._read_rows({"embeddings": np.array([[1.0, 2.0]])}, before, before, 1) == "either"
-    assert mk._read_rows({"embeddings": np.array([[3.0, 2.0]])}, before, after, 1) is None
+    assert mw._read_rows({"embeddings": np.array([[5.0, 2.0]])}, before, after, 1) == "after"
+    assert mw._read_rows({"embeddings": np.array([[1.0, 2.0]])}, before, after, 1) == "before"
+    assert mw._read_rows({"embeddings": np.array([[1.0, 2.0]])}, before, before, 1) == "either"
+    assert mw._read_rows({"embeddings": np.array([[3.0, 2.0]])}, before, after, 1) is None
 
 
 def test_save_points_follow_the_interval_and_skip_eval():
     stream = Stream("s", MCH(4, interval=2), (forward([1]), forward([2]), EVAL, forward([3]), TRAIN, forward([4]),
                                               forward([5]), EVICT, forward([6])))
     # training forwards: steps 0, 1, 5, 6, 8; rounds after the 2nd and 4th
-    assert mk.save_points(stream) == [1, 6]
+    assert mi.save_points(stream) == [1, 6]
 
 
 def test_torchrec_fits():
@@ -235,7 +237,7 @@ def test_an_error_record_fails_when_nothing_is_raised(ctx):
 
 
 def test_out_of_range_accepts_index_or_value_error_naming_the_table():
-    case = mk.MCError("evict", Stream("", MCH(4), ()), None, mk._OutOfRange, r"'t'[\s\S]*6")
+    case = mk.MCError("evict", Stream("", MCH(4), ()), None, mw._OutOfRange, r"'t'[\s\S]*6")
 
     def raising(exc):
         def call():
@@ -243,11 +245,11 @@ def test_out_of_range_accepts_index_or_value_error_naming_the_table():
 
         return call
 
-    assert mk._raised(raising(IndexError("table 't': id 6")), case) == ""
-    assert mk._raised(raising(ValueError("table 't': id 6")), case) == ""
-    assert "expected IndexError" in mk._raised(raising(KeyError("t 6")), case)
-    assert "does not match" in mk._raised(raising(ValueError("id 6")), case)
-    assert "raised nothing" in mk._raised(lambda: None, case)
+    assert mw._raised(raising(IndexError("table 't': id 6")), case) == ""
+    assert mw._raised(raising(ValueError("table 't': id 6")), case) == ""
+    assert "expected IndexError" in mw._raised(raising(KeyError("t 6")), case)
+    assert "does not match" in mw._raised(raising(ValueError("id 6")), case)
+    assert "raised nothing" in mw._raised(lambda: None, case)
 
 
 def test_deviation_streams_skip_against_torchrec_with_a_reason():
@@ -285,7 +287,7 @@ def test_lfu_invariants_hold_in_torchrec(torchrec_ctx):
     # the invariant checkers hold TorchRec itself to the same rules (on streams that fit its window)
     @given(stream=ms.streams(torchrec_safe=True, policies=(Policy("LFU"),)))
     def run(stream):
-        assert mk.invariant_problem(stream, "torchrec", torchrec_ctx) == ""
+        assert mi.invariant_problem(stream, "torchrec", torchrec_ctx) == ""
 
     run()
 
@@ -293,33 +295,33 @@ def test_lfu_invariants_hold_in_torchrec(torchrec_ctx):
 def test_the_lfu_record_sees_residents_evicted(monkeypatch, ctx):
     # not vacuous: some rounds of its streams replace a resident by a candidate with a higher count
     seen = []
-    original = mk.lfu_problem
+    original = mi.lfu_problem
 
     def spy(before, after, window, filtered):
         seen.append(bool(set(before) - set(after)) and bool(set(after) - set(before)))
         return original(before, after, window, filtered)
 
-    monkeypatch.setattr(mk, "lfu_problem", spy)
+    monkeypatch.setattr(mi, "lfu_problem", spy)
     row = run_record(_record("MCHManagedCollisionModule/lfu_never_evicts_for_lower_count"), ctx)
     assert row.status == PASS and sum(seen) >= 3
 
 
 def test_the_state_dict_record_has_save_points(monkeypatch, ctx):
     points = []
-    original = mk.checkpoint_problem
+    original = mi.checkpoint_problem
 
     def spy(stream, package, ctx):
-        points.append(len(mk.save_points(stream)))
+        points.append(len(mi.save_points(stream)))
         return original(stream, package, ctx)
 
-    monkeypatch.setattr(mk, "checkpoint_problem", spy)
+    monkeypatch.setattr(mi, "checkpoint_problem", spy)
     row = run_record(_record("MCHManagedCollisionModule/state_dict_continues"), ctx)
     assert row.status == PASS and sum(points) >= 8
 
 
 def test_the_reinit_check_catches_torchrecs_no_op_evict(torchrec_ctx):
     # TorchRec keeps the old rows: held to recspec's rule (D30), its MC-EBC stream fails
-    problem = mk.wrapped_problem(ms.WRAPPED[0], torchrec_ctx, check_reinit=True)
+    problem = mw.wrapped_problem(ms.WRAPPED[0], torchrec_ctx, check_reinit=True)
     assert "torchrec re-initialised rows [] of t1" in problem
 
 

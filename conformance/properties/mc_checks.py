@@ -5,8 +5,7 @@ mc_embedding_modules.evict in mc_wrapped.
 
 Each is `check(record, ctx) -> Outcome`; "the package under test" is `ctx.against` (accel, or
 TorchRec). Agreement is exact: every remapped id, every evict() result and every state_dict
-entry after every step. Invariants are judged by NumPy loops written here (the table lookup, the
-window counts), never by either package.
+entry after every step.
 """
 
 from __future__ import annotations

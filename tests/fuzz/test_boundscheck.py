@@ -51,8 +51,8 @@ def unit_decay_scores(short):
                                    np.empty(4, np.float32))
 
 
-CASES = {"fm backward": fm_backward, "vector_cross forward": vector_cross_forward, "_first_bad_offset": first_bad_offset,
-         "_unit_decay_scores": unit_decay_scores}
+CASES = {"fm backward": fm_backward, "vector_cross forward": vector_cross_forward,
+         "_first_bad_offset": first_bad_offset, "_unit_decay_scores": unit_decay_scores}
 report = {"boundscheck": bool(numba.config.BOUNDSCHECK)}
 for name, case in CASES.items():
     if sys.argv[1] == "warm":

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import accel
 import refimpl
-from tests.fuzz.conftest import LAYOUTS, as_float64, assert_clear_error, assert_same_values, outcome, with_layout
+from tests.fuzz.conftest import LAYOUTS, assert_clear_error, assert_same_values, outcome, with_layout
 
 N = 3
 DTYPES = ("float64", "float32", "float16", "int64", "bool", "complex128")
@@ -152,8 +152,7 @@ def test_dense_backward_with_nan_and_inf_gradients(name, data):
 # --- FactorizationMachine and DeepFM: a list of embeddings -----------------------------------------------------
 
 FM_PAIR = (accel.FactorizationMachine(), refimpl.FactorizationMachine())
-DEEPFM_PAIR = _pair("MLP", 2 * N, [2])
-DEEPFM_PAIR = (accel.DeepFM(DEEPFM_PAIR[0]), refimpl.DeepFM(DEEPFM_PAIR[1]))
+DEEPFM_PAIR = tuple(package.DeepFM(dense) for package, dense in zip((accel, refimpl), _pair("MLP", 2 * N, [2])))
 LIST_FAULTS = ("none", "empty list", "not a list", "1-D member", "0-D member", "batch sizes differ", "None member")
 
 

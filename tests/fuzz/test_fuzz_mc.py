@@ -111,7 +111,8 @@ def _ids(jt_or_kjt):
 def agree(got, want, what, read):
     if want[0] == "error" or got[0] == "error":
         assert want[0] == got[0] == "error", f"{what}: accel {got[:3]}, refimpl {want[:3]}"
-        assert got[1] is want[1], f"{what}: accel raised {got[1].__name__}: {got[2]}; refimpl {want[1].__name__}: {want[2]}"
+        assert got[1] is want[1], (
+            f"{what}: accel raised {got[1].__name__}: {got[2]}; refimpl {want[1].__name__}: {want[2]}")
         assert_clear_error(got, NAMED, f"accel {what}")
         assert_clear_error(want, NAMED, f"refimpl {what}")
         return False

@@ -1,11 +1,12 @@
 """Fuzz: PositionWeightedModule and PositionWeightedProcessor in refimpl and accel, fed malformed jagged input.
 
 Bags are drawn with zero lengths and lengths past the feature's max length, then one fault is planted in the
-layout (a negative or a 2^62 length, offsets that go down, do not start at 0, end short or past the ids, an offset near 2^62; int32 parts;
-float offsets) or, for the processor, in the positions carried as weights (NaN, +-Inf, negative, too large,
-fractional). The parts reach the modules as the package's own jagged types or as plain objects with TorchRec's
-accessors, which nothing validated before. Both packages must raise a ValueError / IndexError / TypeError
-naming the argument or feature, or give the same weights (refimpl's, in float64).
+layout (a negative or a 2^62 length, offsets that go down, do not start at 0, end short or past the ids, an
+offset near 2^62; int32 parts; float offsets) or, for the processor, in the positions carried as weights (NaN,
++-Inf, negative, too large, fractional). The parts reach the modules as the package's own jagged types or as
+plain objects with TorchRec's accessors, which nothing validated before. Both packages must raise a
+ValueError / IndexError / TypeError naming the argument or feature, or give the same weights (refimpl's, in
+float64).
 """
 
 import numpy as np
@@ -20,8 +21,9 @@ from tests.fuzz.conftest import assert_clear_error, assert_same_values, outcome
 
 MAX_LENGTHS = {"f": 3, "g": 1}
 NAMED = ("offsets", "lengths", "values", "weights", "position", "feature", "'f'", "'g'", "keys")
-LAYOUT_FAULTS = ("none", "bag past max length", "negative length", "huge length", "offsets going down", "offsets not starting at 0",
-                 "offsets ending short", "offsets past the ids", "offset near 2^62", "int32 parts", "float offsets")
+LAYOUT_FAULTS = ("none", "bag past max length", "negative length", "huge length", "offsets going down",
+                 "offsets not starting at 0", "offsets ending short", "offsets past the ids", "offset near 2^62",
+                 "int32 parts", "float offsets")
 POSITION_FAULTS = ("none", "nan", "inf", "-inf", "negative", "too large", "fractional", "2^63")
 
 
@@ -84,13 +86,18 @@ def jagged_parts(draw, rows, max_length):
 
 
 def _accel_jagged(parts, plain):
-    v, l, o = (torch.from_numpy(np.ascontiguousarray(parts[k])) for k in ("values", "lengths", "offsets"))
-    return Accessors(v, l, o) if plain else accel.JaggedTensor(v, lengths=l, offsets=o)
+    values, lengths, offsets = (torch.from_numpy(np.ascontiguousarray(parts[k]))
+                                for k in ("values", "lengths", "offsets"))
+    if plain:
+        return Accessors(values, lengths, offsets)
+    return accel.JaggedTensor(values, lengths=lengths, offsets=offsets)
 
 
 def _refimpl_jagged(parts, plain):
-    v, l, o = parts["values"], parts["lengths"], parts["offsets"]
-    return Accessors(v, l, o) if plain else refimpl.JaggedTensor(v, lengths=l, offsets=o)
+    values, lengths, offsets = parts["values"], parts["lengths"], parts["offsets"]
+    if plain:
+        return Accessors(values, lengths, offsets)
+    return refimpl.JaggedTensor(values, lengths=lengths, offsets=offsets)
 
 
 def compare(got, want, what, read):

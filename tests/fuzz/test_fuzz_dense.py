@@ -227,3 +227,19 @@ def test_complex_input_is_refused_by_refimpl_not_truncated():
             r_module(x)
     with pytest.raises(TypeError, match=r"embeddings\[0\].*complex"):
         refimpl.FactorizationMachine()([x])
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@given(data=st.data())
+def test_swish_layernorm_half_input_with_float32_parameters(half, data):
+    # accel's half-precision rule (TorchRec's LayerNorm): float32 parameters, half input and output, float32
+    # maths inside. refimpl in float32 on the same (half-exact) input, rounded to the half type, is the reference:
+    # NaN and infinities where it has them, finite values within one half-precision rounding.
+    a_module, r_module = accel.SwishLayerNorm(N), refimpl.SwishLayerNorm(N, dtype=np.float32)
+    x = data.draw(dense_arrays((data.draw(st.integers(0, 3)), N)))
+    x_half = torch.from_numpy(x.astype(np.float32)).to(half)
+    got = a_module(x_half)
+    assert got.dtype == half
+    want = torch.from_numpy(np.asarray(r_module(x_half.float().numpy()), dtype=np.float32)).to(half)
+    eps = torch.finfo(half).eps
+    assert_same_values(got.detach(), want, f"SwishLayerNorm {half}", rtol=eps, atol=eps)

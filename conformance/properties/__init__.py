@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import List
 
-from conformance.properties import dense, embeddings, mc
+from conformance.properties import dense, embeddings, mc, page_discrepancies
 from conformance.records import Build, Record
 
 RECORDS: List[Record] = list(dense.RECORDS) + list(embeddings.RECORDS) + list(mc.RECORDS)
+RECORDS += page_discrepancies.RECORDS
 GOLDEN: List[Build] = list(dense.GOLDEN) + list(embeddings.GOLDEN)
 
 

@@ -125,7 +125,7 @@ def check_d7(record: Record, ctx: Context) -> Outcome:
         module = adapters.construct(deepfm, package, seed=ctx.seed)
         errors.add(f"{package}:DeepFM(Linear(448, 1))", "output (B, 1)", _forward64(module, package, stack, ctx),
                    _deepfm_formula(module, stack), tolerances.forward64(STACK_DIM32_WIDTH))
-        # recspec names the width in a ValueError; TorchRec's Linear raises RuntimeError (shapes).
+        # refimpl's Linear names the width in a ValueError; torch's (accel, TorchRec) raises RuntimeError.
         problem = _raises(lambda m=module, p=package: _forward64(m, p, printed, ctx), (ValueError, RuntimeError), "448")
         if problem:
             problems.append(f"{package}: DeepFM(Linear(448, 1)) on tensor(B, 3, 16): {problem}")

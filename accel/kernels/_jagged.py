@@ -445,7 +445,7 @@ def check_count(name: str, value: object) -> int:
     return int(value)
 
 
-@njit(cache=True)
+@_device.cpu_jit()
 def _first_bad_offset(offsets, num_values):
     # First position breaking offsets[0] = 0, offsets[i] <= offsets[i + 1], offsets[-1] = num_values; else -1.
     if offsets[0] != 0:

@@ -23,8 +23,11 @@ concatenation index down (rank order breaks score ties by index); only the k evi
 candidates are sorted; the re-sort is a merge of the k new entries into the Z - k remaining ones, which are
 still in order. All O(Z + m) apart from the sorts of the small sets, and the same ids, slots and buffers as
 the full sorts, bit for bit. A table that is not sorted before the round (a hand-edited state) is re-sorted
-by a full stable sort instead, as TorchRec does. Measured on the 2-core machine (Z = 10^6, a Zipf batch of
-65,536 ids, full table, LFU): about 8 ms a round, against about 150 ms for TorchRec's.
+by a full stable sort instead, as TorchRec does. A module's TableMemo spares two passes a round: that the table
+is sorted, and (LFU) the histogram of its counts, from which the cut is found without reading the table; both
+are trusted only while torch's version counter of the tensor is unchanged. Measured on the quiet 2-core
+machine (Z = 10^6, Zipf(1.1) batches of 65,536 ids, full table, a round every step): a whole LFU training
+step, round and remap, 7.6 ms; TorchRec's 54 ms.
 """
 
 from __future__ import annotations

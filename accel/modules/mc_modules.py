@@ -289,11 +289,12 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
             )
 
     def checked_input(self, features: Features) -> Features:
-        """preprocess(features) after every check of the ids (module docstring); changes no state."""
+        """preprocess(features) after every check of the ids (module docstring); changes no state.
+
+        With a hash, only its outputs are range-checked: the raw ids may take any int64 value, 2^63 - 1
+        included (the reserved value only matters among the ids recorded and looked up)."""
         self._check_dtype(features)
         hashed = self._input_hash_func is not None
-        if hashed:
-            self._check_ids(features, False)
         features = self._preprocess(features)
         if hashed:
             self._check_dtype(features)

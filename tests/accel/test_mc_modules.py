@@ -342,6 +342,12 @@ def test_bad_ids_raise_before_state_changes(values, err, pattern):
     assert_unchanged(m, snap)
 
 
+def test_raw_reserved_id_is_fine_before_a_hash():
+    m = mch(4, policy("LFU"), 1, input_hash_size=10, input_hash_func=lambda x, s: torch.remainder(x, s))
+    # 2^63 - 1 = 7 (mod 10): hashed like any id.
+    assert step(m, [M, 7, 3]) == ([1, 1, 2], [1, 2])
+
+
 def test_hash_output_out_of_range_raises_before_state_changes():
     m = mch(4, policy("LFU"), 1, input_hash_size=10, input_hash_func=lambda x, s: x)
     step(m, [1, 2])

@@ -74,8 +74,8 @@ for name, case in CASES.items():
 print(json.dumps(report))
 """
 
-# Two parallel kernels, one with prange over chunks of rows and one over blocks of rows; each compilation of a
-# parallel kernel costs seconds, so the probe keeps to these.
+# Two parallel kernels (prange over chunks of rows, prange over blocks of rows) and a serial one; each
+# compilation of a parallel kernel costs seconds, so the probe keeps to these.
 CPU_KERNELS = ("fm backward", "vector_cross forward", "_first_bad_offset")
 # Helpers declared with a plain @njit(cache=True) instead of _device.cpu_jit: a bounds-checked run loads their
 # unchecked build from the disk cache.

@@ -132,9 +132,6 @@ def _same_evictions(a, r, what):
 def test_mch_module_streams_with_edge_ids(policy, interval, hashed, stream):
     a, r = mch(accel, policy, interval, hashed), mch(refimpl, policy, interval, hashed)
     for step, parts in enumerate(stream):
-        if hashed:
-            # A raw 2^63 - 1 before the hash: the packages disagree (test_raw_sentinel_before_the_hash).
-            parts = dict(parts, ids=np.where(parts["ids"] == SENTINEL, SENTINEL - 1, parts["ids"]))
         what = f"MCH {policy} I={interval} hashed={hashed} step {step} ({parts['fault']})"
 
         def same_ids(got, want):
@@ -223,15 +220,14 @@ def test_the_sentinel_id_is_refused_by_name(package, ids):
         module(features)
 
 
-@pytest.mark.xfail(strict=True, reason="accel refuses a raw id 2^63 - 1 before the input hash (checked_input checks "
-                   "the raw ids too); refimpl, like TorchRec, hashes it into [0, input_hash_size) and remaps it: "
-                   "accel/modules/mc_modules.py")
 def test_raw_sentinel_before_the_hash():
-    # The reserved value only matters among the ids that are recorded and looked up, i.e. after the hash.
+    # The reserved value only matters among the ids that are recorded and looked up, i.e. after the hash: a raw
+    # 2^63 - 1 is hashed like any id (TorchRec gives [3, 2] here too).
     ids = np.array([SENTINEL, 3], np.int64)
     outs = []
     for package in (refimpl, accel):
         module = mch(package, "LFU", 1, True)
         features = _kjt(package, ["f1"], ids, np.array([2], np.int64), None).to_dict()
         outs.append(_ids(module(features)["f1"]))
+    np.testing.assert_array_equal(outs[0], [3, 2])
     np.testing.assert_array_equal(outs[1], outs[0])

@@ -15,3 +15,21 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_SIMULATOR_TEST = "test_cuda_simulator.py::test_cuda_folder_passes_under_the_simulator"
+
+
+def pytest_collection_finish(session):
+    # The CUDA-simulator run is one long single-threaded subprocess: start it now, beside the rest of the suite.
+    for item in session.items:
+        if item.nodeid.endswith(_SIMULATOR_TEST):
+            item.module.start_simulator_run()
+            break
+
+
+def pytest_sessionfinish(session):
+    for item in session.items:
+        if item.nodeid.endswith(_SIMULATOR_TEST):
+            item.module.stop_simulator_run()
+            break

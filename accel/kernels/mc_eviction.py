@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple
 
+import numba
 import numpy as np
 import torch
 from numba import njit
@@ -169,8 +170,9 @@ def _key(x, bits, kind):
 
 
 # No fastmath here: "arcp" would turn count / distance into count * (1 / distance), which is not torch's
-# correctly rounded division, and the float32 ties must fall exactly as TorchRec's.
-@njit(cache=True, error_model="numpy")
+# correctly rounded division, and the float32 ties must fall exactly as TorchRec's. The disk cache is off under
+# NUMBA_BOUNDSCHECK=1 for the reason _device.cpu_jit gives.
+@njit(cache=not numba.config.BOUNDSCHECK, error_model="numpy")
 def _unit_decay_scores(distance_lfu, cur, counts, last, out):
     # e = 1: (cur - last + 1)^1 is the float32 distance itself (torch's pow copies for exponent 1).
     for i in range(last.shape[0]):

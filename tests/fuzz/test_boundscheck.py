@@ -76,13 +76,7 @@ print(json.dumps(report))
 
 # Two parallel kernels (prange over chunks of rows, prange over blocks of rows) and a serial one; each
 # compilation of a parallel kernel costs seconds, so the probe keeps to these.
-CPU_KERNELS = ("fm backward", "vector_cross forward", "_first_bad_offset")
-# Helpers declared with a plain @njit(cache=True) instead of _device.cpu_jit: a bounds-checked run loads their
-# unchecked build from the disk cache.
-CACHED_HELPERS = {
-    "_unit_decay_scores": "accel/kernels/mc_eviction.py",
-}
-
+CPU_KERNELS = ("fm backward", "vector_cross forward", "_first_bad_offset", "_unit_decay_scores")
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
@@ -115,14 +109,3 @@ def test_cpu_kernels_raise_index_error_under_boundscheck(probe, kernel):
     assert probe["probe"][kernel].startswith("IndexError"), probe["probe"][kernel]
     assert "index is out of bounds" in probe["probe"][kernel]
 
-
-@pytest.mark.parametrize("helper", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
-        f"{name} is declared @njit(cache=True), not _device.cpu_jit: under NUMBA_BOUNDSCHECK=1 its unchecked build "
-        f"is loaded from the disk cache of an earlier unchecked run, so the flag has no effect on it (a clean CI "
-        f"clone has no cache, so CI itself is covered): {path}")))
-    for name, path in CACHED_HELPERS.items()])
-def test_cached_array_helpers_raise_index_error_under_boundscheck(probe, helper):
-    if probe["warm"][helper].startswith("missing"):
-        pytest.skip(f"{helper} is gone from its module: {probe['warm'][helper]}")
-    assert probe["probe"][helper].startswith("IndexError"), probe["probe"][helper]

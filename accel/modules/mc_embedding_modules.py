@@ -70,7 +70,7 @@ def evict(evictions: Dict[str, Optional[torch.Tensor]], ebc: nn.Module, reinitia
         weight = tables[table].weight
         rows = ids.to(device=weight.device, dtype=torch.int64)
         if bool(((rows < 0) | (rows >= weight.shape[0])).any()):
-            raise ValueError(
+            raise IndexError(
                 f"evict: table '{table}': evicted ids expected rows in [0, {weight.shape[0]}), got {rows.tolist()}"
             )
         block = torch.empty((rows.numel(), weight.shape[1]), dtype=weight.dtype, device=weight.device)

@@ -117,7 +117,7 @@ def test_torchrec_no_op_on_request():
 
 def test_evict_checks_rows_and_uses_init_fn():
     m = build("ebc")
-    with pytest.raises(ValueError, match=r"table 't1': evicted ids expected rows in \[0, 20\), got \[3, 20\]"):
+    with pytest.raises(IndexError, match=r"table 't1': evicted ids expected rows in \[0, 20\), got \[3, 20\]"):
         mce.evict({"t1": torch.tensor([3, 20])}, m._embedding_module)
     with pytest.raises(ValueError, match="table 'tx' expected among the embedding tables"):
         mce.evict({"tx": torch.tensor([1])}, m._embedding_module)

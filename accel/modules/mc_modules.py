@@ -23,7 +23,7 @@ On a CUDA device the remap runs on the GPU; the history and the eviction rounds 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -64,9 +64,38 @@ _MAX_SEGMENTS = 1025
 Features = Dict[str, Any]
 
 
-def apply_mc_method_to_jt_dict(mc_module: nn.Module, method: str, features_dict: Features) -> Features:
-    """mc_module.<method>(features_dict), e.g. method = "preprocess", "profile" or "remap"."""
+def apply_mc_method_to_jt_dict(*args: Any, **kwargs: Any) -> Features:
+    """mc_module.<method>(features_dict), e.g. method = "preprocess", "profile" or "remap".
+
+    TorchRec 1.8's form (mc_module, method, features_dict). The page's form (method, features_dict,
+    table_to_features, managed_collisions) is accepted too (D20): for every table t, the method of
+    managed_collisions[t] applied to {f: features_dict[f] for f in table_to_features[t]}, the results merged.
+    """
+    if (args and isinstance(args[0], str)) or "table_to_features" in kwargs:
+        return _apply_per_table(*args, **kwargs)
+    return _apply_one(*args, **kwargs)
+
+
+def _apply_one(mc_module: nn.Module, method: str, features_dict: Features) -> Features:
+    if not callable(getattr(mc_module, method, None)):
+        raise ValueError(f"apply_mc_method_to_jt_dict: method expected a method of {type(mc_module).__name__}, "
+                         f"got {method!r}")
     return getattr(mc_module, method)(features_dict)
+
+
+def _apply_per_table(method: str, features_dict: Features, table_to_features: Mapping[str, Sequence[str]],
+                     managed_collisions: Mapping[str, nn.Module]) -> Features:
+    out: Features = {}
+    for table, features in table_to_features.items():
+        if table not in managed_collisions:
+            raise ValueError(f"apply_mc_method_to_jt_dict: managed_collisions expected table '{table}', "
+                             f"got {list(managed_collisions)}")
+        for f in features:
+            if f not in features_dict:
+                raise ValueError(f"apply_mc_method_to_jt_dict: features_dict expected feature '{f}' "
+                                 f"(table '{table}'), got keys {list(features_dict)}")
+        out.update(_apply_one(managed_collisions[table], method, {f: features_dict[f] for f in features}))
+    return out
 
 
 class ManagedCollisionModule(nn.Module):
@@ -80,7 +109,7 @@ class ManagedCollisionModule(nn.Module):
     def __init__(
         self,
         device: Any,
-        output_segments: List[int],
+        output_segments: Optional[List[int]] = None,
         skip_state_validation: bool = False,
         read_only_suffix: str = "_readonly",
         enable_per_feature_lookups: bool = False,
@@ -91,7 +120,8 @@ class ManagedCollisionModule(nn.Module):
         self._enable_per_feature_lookups = enable_per_feature_lookups
         if skip_state_validation:
             return
-        output_segments = [int(s) for s in output_segments]
+        # The page's form ManagedCollisionModule(device) has no segments (D21): an all -1 segment table.
+        output_segments = [] if output_segments is None else [int(s) for s in output_segments]
         if len(output_segments) > _MAX_SEGMENTS:
             raise ValueError(
                 f"{type(self).__name__}: output_segments expected at most {_MAX_SEGMENTS} bounds, "
@@ -143,7 +173,9 @@ class ManagedCollisionModule(nn.Module):
     def validate_state(self) -> None:
         return self._abstract("validate_state")
 
-    def rebuild_with_output_id_range(self, output_id_range, output_segments, device=None) -> "ManagedCollisionModule":
+    def rebuild_with_output_id_range(
+        self, output_id_range, output_segments=None, device=None
+    ) -> "ManagedCollisionModule":
         return self._abstract("rebuild_with_output_id_range")
 
 
@@ -244,9 +276,12 @@ class MCHManagedCollisionModule(ManagedCollisionModule):
         self._last_eviction_iter = -1
 
     def rebuild_with_output_id_range(
-        self, output_id_range: Tuple[int, int], output_segments: List[int], device: Any = None
+        self, output_id_range: Tuple[int, int], output_segments: Optional[List[int]] = None, device: Any = None
     ) -> "MCHManagedCollisionModule":
-        """An empty module over output ids [a, b): Z = b - a, off = a, the same policy, interval and hash."""
+        """An empty module over output ids [a, b): Z = b - a, off = a, the same policy, interval and hash;
+        output_segments defaults to [a, b] (the page's two-argument form, D25)."""
+        if output_segments is None:
+            output_segments = [output_id_range[0], output_id_range[1]]
         return type(self)(
             name=self._name,
             zch_size=output_id_range[1] - output_id_range[0],

@@ -523,3 +523,29 @@ def test_state_dict_loads_both_ways_and_the_stream_continues(direction):
         a2.load_state_dict(a.state_dict())
     _same_state(t2, a2, "loaded")
     _stream(torchrec, t2, a2, rng, 8, 12, None, 71)
+
+
+# --- the page's forms, accepted beside TorchRec's (D20, D21, D25) ----------------------------------------------
+def test_page_forms_of_the_base_rebuild_and_apply():
+    from accel.modules.mc_modules import ManagedCollisionModule, apply_mc_method_to_jt_dict
+    from accel.sparse import JaggedTensor
+
+    base = ManagedCollisionModule(torch.device("cpu"))  # no output_segments: every bound -1
+    assert torch.equal(base.state_dict()["_output_segments_tensor"], torch.full((1025,), -1, dtype=torch.int64))
+    mch = mc.MCHManagedCollisionModule(zch_size=5, device=torch.device("cpu"),
+                                       eviction_policy=mc.LFU_EvictionPolicy(), eviction_interval=1)
+    rebuilt = mch.rebuild_with_output_id_range((10, 14))  # output_segments defaults to [10, 14]
+    assert rebuilt.output_size() == 4
+    assert rebuilt.state_dict()["_output_segments_tensor"][:3].tolist() == [10, 14, -1]
+    mch.train()
+    mch({"f": JaggedTensor(torch.tensor([7, 7, 9]), lengths=torch.tensor([3]))})
+    jt = JaggedTensor(torch.tensor([9, 7, 8]), lengths=torch.tensor([3]))
+    expected = apply_mc_method_to_jt_dict(mch, "remap", {"f": jt})["f"].values()
+    got = apply_mc_method_to_jt_dict("remap", {"f": jt, "x": jt}, {"t": ["f"]}, {"t": mch})
+    assert list(got) == ["f"]
+    assert torch.equal(got["f"].values(), expected)
+    assert expected[2].item() == 4  # 8 was never seen: the shared miss id off + Z - 1
+    with pytest.raises(ValueError, match=r"features_dict expected feature 'g' \(table 't'\), got keys \['f'\]"):
+        apply_mc_method_to_jt_dict("remap", {"f": jt}, {"t": ["g"]}, {"t": mch})
+    with pytest.raises(ValueError, match=r"managed_collisions expected table 'u', got \['t'\]"):
+        apply_mc_method_to_jt_dict("remap", {"f": jt}, {"u": ["f"]}, {"t": mch})

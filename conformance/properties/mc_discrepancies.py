@@ -51,7 +51,7 @@ def _run(package: str, fn: Any) -> Any:
 def check_d20(record: Record, ctx: Context) -> Outcome:
     """apply_mc_method_to_jt_dict(mc_module, method, features_dict) == getattr(mc_module, method)(features_dict)
     everywhere; the page's form (method, features_dict, table_to_features, managed_collisions) raises
-    TypeError in TorchRec (recspec does not promise it: refimpl accepts it, accel does not)."""
+    TypeError in TorchRec and gives the same result in refimpl and accel."""
     problems = []
     for package in sides(record, ctx):
         mod = io.mc_modules(package)
@@ -64,11 +64,13 @@ def check_d20(record: Record, ctx: Context) -> Outcome:
             got = _values(mod.apply_mc_method_to_jt_dict(m, "remap", jt))
             if got != direct:
                 problems.append(f"{package}: apply(m, 'remap', d) gave {got}, m.remap(d) {direct}")
+            page = lambda: mod.apply_mc_method_to_jt_dict("remap", jt, {"t": ["t"]}, {"t": m})  # noqa: E731
             if package == "torchrec":
-                page = lambda: mod.apply_mc_method_to_jt_dict("remap", jt, {"t": ["t"]}, {"t": m})  # noqa: E731
                 problem = _raises(page, TypeError, "positional")
                 if problem:
                     problems.append(f"torchrec: the page's 4-argument form: {problem}")
+            elif _values(page()) != direct:
+                problems.append(f"{package}: the page's 4-argument form gave {_values(page())}, m.remap(d) {direct}")
 
         _run(package, demo)
     return outcome_of(problems, len(sides(record, ctx)))
@@ -76,8 +78,8 @@ def check_d20(record: Record, ctx: Context) -> Outcome:
 
 def check_d21(record: Record, ctx: Context) -> Outcome:
     """ManagedCollisionModule(device, output_segments) constructs everywhere; the page's
-    ManagedCollisionModule(device) raises TypeError (missing output_segments) in TorchRec (recspec
-    does not promise it yet: refimpl accepts it, accel does not)."""
+    ManagedCollisionModule(device) raises TypeError (missing output_segments) in TorchRec and builds a
+    module with no segments (all -1) in refimpl and accel."""
     problems = []
     for package in sides(record, ctx):
         cls = io.mc_modules(package).ManagedCollisionModule
@@ -90,6 +92,13 @@ def check_d21(record: Record, ctx: Context) -> Outcome:
             problem = _raises(lambda: cls(device), TypeError, "output_segments")
             if problem:
                 problems.append(f"torchrec: the page's ManagedCollisionModule(device): {problem}")
+        else:
+            try:
+                segments = io.to_numpy(cls(device).state_dict()["_output_segments_tensor"])
+                if (segments != -1).any():
+                    problems.append(f"{package}: ManagedCollisionModule(device) segments {segments[:4]}, expected all -1")
+            except Exception as exc:  # the failure is the finding
+                problems.append(f"{package}: ManagedCollisionModule(device) raised {type(exc).__name__}: {exc}")
     return outcome_of(problems, len(sides(record, ctx)))
 
 
@@ -136,8 +145,8 @@ def check_d24(record: Record, ctx: Context) -> Outcome:
 def check_d25(record: Record, ctx: Context) -> Outcome:
     """rebuild_with_output_id_range((10, 13), output_segments=[10, 13]) gives an empty module with
     Z = 3 and offset 10, everywhere; forward takes mutate_miss_lengths (ignored). The page's
-    rebuild_with_output_id_range((a, b)) raises TypeError in TorchRec (recspec does not promise it:
-    refimpl accepts it, accel does not)."""
+    rebuild_with_output_id_range((a, b)) raises TypeError in TorchRec; refimpl and accel default
+    output_segments to [a, b]."""
     problems = []
     for package in sides(record, ctx):
         def demo() -> None:
@@ -154,6 +163,12 @@ def check_d25(record: Record, ctx: Context) -> Outcome:
                 problem = _raises(lambda: m.rebuild_with_output_id_range((0, 2)), TypeError, "output_segments")
                 if problem:
                     problems.append(f"torchrec: the page's rebuild form: {problem}")
+            else:
+                page = m.rebuild_with_output_id_range((10, 13))
+                segments = io.to_numpy(page.state_dict()["_output_segments_tensor"])[:3].tolist()
+                if page.output_size() != 3 or segments != [10, 13, -1]:
+                    problems.append(f"{package}: the page's rebuild form: output_size {page.output_size()}, "
+                                    f"segments {segments} (expected 3, [10, 13, -1])")
 
         _run(package, demo)
     return outcome_of(problems, len(sides(record, ctx)))

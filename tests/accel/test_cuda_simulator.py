@@ -41,6 +41,9 @@ def stop_simulator_run() -> None:
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
+    log = _RUN.get("log")
+    if log is not None and not log.closed:
+        log.close()
 
 
 def test_cuda_folder_passes_under_the_simulator():

@@ -23,7 +23,7 @@ On a CUDA device the remap runs on the GPU; the history and the eviction rounds 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -42,6 +42,8 @@ from accel.modules.mc_policies import (  # noqa: F401  (TorchRec's mc_modules ho
     MCHEvictionPolicyMetadataInfo,
 )
 from accel.sparse import JaggedTensor, KeyedJaggedTensor
+# Pure dispatch over getattr and dicts, no maths: shared with refimpl (both of TorchRec's and the page's forms).
+from refimpl.modules.mc_modules import apply_mc_method_to_jt_dict  # noqa: F401
 
 __all__ = [
     "DistanceLFU_EvictionPolicy",
@@ -62,40 +64,6 @@ MAX_ID = torch.iinfo(torch.int64).max
 # TorchRec's limit: 1024 row-wise shards, 1025 segment bounds.
 _MAX_SEGMENTS = 1025
 Features = Dict[str, Any]
-
-
-def apply_mc_method_to_jt_dict(*args: Any, **kwargs: Any) -> Features:
-    """mc_module.<method>(features_dict), e.g. method = "preprocess", "profile" or "remap".
-
-    TorchRec 1.8's form (mc_module, method, features_dict). The page's form (method, features_dict,
-    table_to_features, managed_collisions) is accepted too (D20): for every table t, the method of
-    managed_collisions[t] applied to {f: features_dict[f] for f in table_to_features[t]}, the results merged.
-    """
-    if (args and isinstance(args[0], str)) or "table_to_features" in kwargs:
-        return _apply_per_table(*args, **kwargs)
-    return _apply_one(*args, **kwargs)
-
-
-def _apply_one(mc_module: nn.Module, method: str, features_dict: Features) -> Features:
-    if not callable(getattr(mc_module, method, None)):
-        raise ValueError(f"apply_mc_method_to_jt_dict: method expected a method of {type(mc_module).__name__}, "
-                         f"got {method!r}")
-    return getattr(mc_module, method)(features_dict)
-
-
-def _apply_per_table(method: str, features_dict: Features, table_to_features: Mapping[str, Sequence[str]],
-                     managed_collisions: Mapping[str, nn.Module]) -> Features:
-    out: Features = {}
-    for table, features in table_to_features.items():
-        if table not in managed_collisions:
-            raise ValueError(f"apply_mc_method_to_jt_dict: managed_collisions expected table '{table}', "
-                             f"got {list(managed_collisions)}")
-        for f in features:
-            if f not in features_dict:
-                raise ValueError(f"apply_mc_method_to_jt_dict: features_dict expected feature '{f}' "
-                                 f"(table '{table}'), got keys {list(features_dict)}")
-        out.update(_apply_one(managed_collisions[table], method, {f: features_dict[f] for f in features}))
-    return out
 
 
 class ManagedCollisionModule(nn.Module):
